@@ -1,0 +1,37 @@
+"""Shared pieces of the click commands: error translation and common options."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+import click
+from rich.console import Console
+
+from cleanface.errors import CleanfaceError
+
+console = Console()
+
+
+def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn library errors into one-line click errors (exit status 1, no traceback)."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except CleanfaceError as exc:
+            raise click.ClickException(str(exc)) from None
+        except KeyboardInterrupt:
+            raise click.ClickException("interrupted; finished work is kept and a re-run resumes") from None
+
+    return wrapper
+
+
+def silent_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    """``--silent``: no progress bars."""
+    return click.option("--silent", is_flag=True, help="Do not show progress bars.")(func)
+
+
+def seed_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")(func)
