@@ -1,0 +1,295 @@
+"""Image folders: ``root/<identity>/<image>``, read and written.
+
+Reading checks every file cheaply (size and image header, no decoding) and lists
+whatever it skips in ``bad_files`` with the reason; it never stops on one bad file.
+Writing links (hard link, else symlink, else copy) or copies each image to
+``out/<identity>/<file name>`` with identity and file names made safe for the filesystem.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import stat
+import warnings
+from pathlib import Path
+
+from cleanface.data.index import BadFile, DatasetIndex
+from cleanface.data.strings import StringArray
+from cleanface.errors import DataError
+from cleanface.progress import make_progress
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".pgm", ".ppm"})
+_IGNORED_TOP_LEVEL = frozenset({"COMPLETE"})
+_MAX_NAME_BYTES = 200
+
+
+# -- names ----------------------------------------------------------------------------
+def safe_name(name: str) -> str:
+    """A file-system-safe, deterministic version of an identity or file name.
+
+    ``/`` and NUL become ``_``; ``.``, ``..``, the empty name and names starting with
+    ``.`` (hidden, skipped by :func:`read_folder`) get a ``_`` prefix; names longer than
+    200 bytes are cut and suffixed with a hash of the full name. Other names, including
+    ones that are not valid UTF-8 (held with surrogate escapes), are kept as they are.
+    """
+    out = name.replace("/", "_").replace("\0", "_")
+    if out == "" or out.startswith("."):
+        out = "_" + out
+    raw = out.encode("utf-8", "surrogateescape")
+    if len(raw) > _MAX_NAME_BYTES:
+        digest = hashlib.sha256(name.encode("utf-8", "surrogateescape")).hexdigest()[:12]
+        stem = raw[: _MAX_NAME_BYTES - 13].decode("utf-8", "ignore")
+        out = f"{stem}~{digest}"
+    return out
+
+
+def _unique(name: str, taken: set[str]) -> str:
+    """``name``, or ``stem~2.ext``, ``stem~3.ext``... (first one not in ``taken``)."""
+    if name not in taken:
+        return name
+    stem, ext = os.path.splitext(name)
+    k = 2
+    while f"{stem}~{k}{ext}" in taken:
+        k += 1
+    return f"{stem}~{k}{ext}"
+
+
+# -- reading --------------------------------------------------------------------------
+def _inside(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+
+
+def _resolve_link(path: str, root_real: str, follow_symlinks: bool) -> str | None:
+    """Why the symlink ``path`` is not followed, or None when it may be."""
+    try:
+        target = os.path.realpath(path, strict=True)
+    except OSError as exc:
+        if getattr(exc, "errno", None) == 40 or "loop" in str(exc).lower():  # ELOOP
+            return "symlink loop"
+        return "broken symlink"
+    if not follow_symlinks and not _inside(target, root_real):
+        return f"symlink points outside the dataset root (to {target}); pass follow_symlinks=True to follow it"
+    return None
+
+
+def _check_image(path: str) -> str | None:
+    """Why ``path`` is not a usable image file, or None. Reads only the header."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        return f"cannot read: {exc.strerror or exc}"
+    if not stat.S_ISREG(st.st_mode):
+        return "not a regular file"
+    if st.st_size == 0:
+        return "zero-byte file"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(path) as img:
+                img.size  # noqa: B018  (header parsed by open)
+    except UnidentifiedImageError:
+        return "not an image (PIL cannot identify it)"
+    except OSError as exc:
+        return f"cannot read: {exc.strerror or exc}"
+    except Exception as exc:  # PIL raises assorted errors on corrupt headers
+        return f"corrupt image header: {type(exc).__name__}"
+    return None
+
+
+def _scan_identity(folder: str, ident: str, root_real: str, follow_symlinks: bool, bad: list[BadFile]) -> list[str]:
+    """Good file names of one identity folder (sorted); bad ones go to ``bad``."""
+    try:
+        with os.scandir(folder) as it:
+            entries = sorted((e for e in it if not e.name.startswith(".")), key=lambda e: e.name)
+    except OSError as exc:
+        bad.append(BadFile(folder, f"cannot list folder: {exc.strerror or exc}"))
+        return []
+    good = []
+    for entry in entries:
+        path = entry.path
+        if entry.is_symlink():
+            why = _resolve_link(path, root_real, follow_symlinks)
+            if why is not None:
+                bad.append(BadFile(path, why))
+                continue
+        try:
+            is_dir = entry.is_dir()
+        except OSError:
+            is_dir = False
+        if is_dir:
+            bad.append(BadFile(path, "nested folder inside an identity folder (not indexed)"))
+            continue
+        if os.path.splitext(entry.name)[1].lower() not in IMAGE_EXTENSIONS:
+            bad.append(BadFile(path, f"unsupported extension (expected one of {', '.join(sorted(IMAGE_EXTENSIONS))})"))
+            continue
+        why = _check_image(path)
+        if why is not None:
+            bad.append(BadFile(path, why))
+            continue
+        good.append(entry.name)
+    if not entries:
+        bad.append(BadFile(folder, "empty identity folder"))
+    elif not good:
+        bad.append(BadFile(folder, "identity folder holds no usable image"))
+    return good
+
+
+def read_folder(root: str | os.PathLike, *, follow_symlinks: bool = False, silent: bool = True) -> DatasetIndex:
+    """Index ``root/<identity>/<image>``.
+
+    Parameters
+    ----------
+    root : path-like
+        One sub-folder per identity; images with extensions jpg, jpeg, png, bmp, webp,
+        pgm, ppm (any case). Hidden entries (names starting with ``.``) are ignored.
+    follow_symlinks : bool
+        Follow symlinks that point outside ``root``. Symlinks inside ``root`` are always
+        followed; loops and broken links never are.
+    silent : bool
+        No progress bar.
+
+    Returns
+    -------
+    DatasetIndex
+        ``kind="folder"``; identities and files in sorted order; ``paths`` are
+        ``<identity>/<file>``. Zero-byte, unreadable or unidentifiable files, empty
+        identity folders, stray files and refused symlinks are in ``bad_files``.
+
+    Raises
+    ------
+    DataError
+        ``root`` is not a folder, or holds no usable image.
+    """
+    root_s = os.fspath(root)
+    if not os.path.isdir(root_s):
+        raise DataError(f"dataset folder {root_s} does not exist or is not a folder")
+    root_real = os.path.realpath(root_s)
+    bad: list[BadFile] = []
+    identities = []
+    try:
+        with os.scandir(root_s) as it:
+            top = sorted((e for e in it if not e.name.startswith(".")), key=lambda e: e.name)
+    except OSError as exc:
+        raise DataError(f"cannot list dataset folder {root_s}: {exc.strerror or exc}") from None
+    for entry in top:
+        if entry.is_symlink():
+            why = _resolve_link(entry.path, root_real, follow_symlinks)
+            if why is not None:
+                bad.append(BadFile(entry.path, why))
+                continue
+        try:
+            is_dir = entry.is_dir()
+        except OSError:
+            is_dir = False
+        if is_dir:
+            identities.append(entry.name)
+        elif entry.name not in _IGNORED_TOP_LEVEL:
+            bad.append(BadFile(entry.path, "file outside any identity folder (not indexed)"))
+    paths: list[str] = []
+    idents: list[str] = []
+    with make_progress(silent=silent) as progress:
+        task = progress.add_task(f"indexing {Path(root_s).name}", total=len(identities))
+        for ident in identities:
+            for name in _scan_identity(os.path.join(root_s, ident), ident, root_real, follow_symlinks, bad):
+                paths.append(f"{ident}/{name}")
+                idents.append(ident)
+            progress.advance(task)
+    if not paths:
+        detail = f"; {len(bad)} entries skipped, first: {bad[0].location}: {bad[0].reason}" if bad else ""
+        raise DataError(f"no usable images found in {root_s} (expected <identity>/<image> sub-folders){detail}")
+    names = sorted(set(idents))
+    return DatasetIndex.from_lists(root_s, "folder", paths, idents, names=names, bad_files=bad)
+
+
+# -- writing --------------------------------------------------------------------------
+def folder_layout(index: DatasetIndex) -> StringArray:
+    """Where :func:`write_folder` puts each sample: ``<identity>/<file name>`` relative to the output, shape (N,).
+
+    Identity folders are :func:`safe_name` of the names (made distinct with ``~2``,
+    ``~3``... in label order when two names sanitise alike); file names are the safe
+    base names of the sample paths, made distinct within an identity in index order.
+    """
+    folders: list[str] = []
+    taken: set[str] = set()
+    for name in index.names:
+        folder = _unique(safe_name(name), taken)
+        taken.add(folder)
+        folders.append(folder)
+    used: dict[int, set[str]] = {}
+    out = []
+    for label, path in zip(index.labels.tolist(), index.paths):
+        names = used.setdefault(label, set())
+        base = _unique(safe_name(path.rsplit("/", 1)[-1]), names)
+        names.add(base)
+        out.append(f"{folders[label]}/{base}")
+    return StringArray.from_list(out)
+
+
+def _place(src: Path, dst: Path, copy: bool) -> None:
+    if dst.exists() or dst.is_symlink():
+        dst.unlink()
+    if not copy:
+        try:
+            os.link(src, dst)
+            return
+        except OSError:
+            pass
+        try:
+            os.symlink(os.path.realpath(src), dst)
+            return
+        except OSError:
+            pass
+    shutil.copyfile(src, dst)
+
+
+def write_folder(
+    index: DatasetIndex,
+    out: str | os.PathLike,
+    *,
+    copy: bool = False,
+    overwrite: bool = False,
+    silent: bool = True,
+) -> Path:
+    """Write ``index`` as ``out/<identity>/<file name>`` (layout: :func:`folder_layout`).
+
+    Each image is hard-linked, else symlinked, else copied; ``copy=True`` always copies.
+    RecordIO samples are written out as files. A symlinked output points outside ``out``,
+    so read it back with ``read_folder(out, follow_symlinks=True)``. The folder is built
+    under a staging name and moved into place when complete.
+
+    Returns
+    -------
+    Path
+        ``out``.
+    """
+    from cleanface._atomic import staging_dir
+    from cleanface.data.recordio import _check_not_source
+
+    _check_not_source(index, out)
+    layout = folder_layout(index)
+    with staging_dir(out, overwrite=overwrite) as stage, make_progress(silent=silent) as progress:
+        task = progress.add_task(f"writing {Path(out).name}", total=len(index))
+        made: set[str] = set()
+        for i, rel in enumerate(layout):
+            folder = rel.rsplit("/", 1)[0]
+            if folder not in made:
+                (stage / folder).mkdir(parents=True, exist_ok=True)
+                made.add(folder)
+            dst = stage / rel
+            if index.kind == "rec":
+                if dst.exists() or dst.is_symlink():
+                    dst.unlink()
+                dst.write_bytes(index.read_bytes(i))
+            else:
+                src = index.abspath(i)
+                try:
+                    _place(src, dst, copy)
+                except OSError as exc:
+                    raise DataError(f"cannot write {src} to {dst}: {exc.strerror or exc}") from None
+            progress.advance(task)
+    return Path(out)
+
