@@ -21,7 +21,6 @@ from cleanface.errors import DataError
 from cleanface.progress import make_progress
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".pgm", ".ppm"})
-_IGNORED_TOP_LEVEL = frozenset({"COMPLETE"})
 _MAX_NAME_BYTES = 200
 
 
@@ -145,7 +144,8 @@ def read_folder(root: str | os.PathLike, *, follow_symlinks: bool = False, silen
     ----------
     root : path-like
         One sub-folder per identity; images with extensions jpg, jpeg, png, bmp, webp,
-        pgm, ppm (any case). Hidden entries (names starting with ``.``) are ignored.
+        pgm, ppm (any case). Hidden entries (names starting with ``.``) and top-level
+        files that are not images (README, ...) are ignored.
     follow_symlinks : bool
         Follow symlinks that point outside ``root``. Symlinks inside ``root`` are always
         followed; loops and broken links never are.
@@ -187,8 +187,8 @@ def read_folder(root: str | os.PathLike, *, follow_symlinks: bool = False, silen
             is_dir = False
         if is_dir:
             identities.append(entry.name)
-        elif entry.name not in _IGNORED_TOP_LEVEL:
-            bad.append(BadFile(entry.path, "file outside any identity folder (not indexed)"))
+        elif os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS:
+            bad.append(BadFile(entry.path, "image outside any identity folder (not indexed)"))
     paths: list[str] = []
     idents: list[str] = []
     with make_progress(silent=silent) as progress:
