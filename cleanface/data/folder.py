@@ -8,6 +8,7 @@ Writing links (hard link, else symlink, else copy) or copies each image to
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import shutil
@@ -65,7 +66,7 @@ def _resolve_link(path: str, root_real: str, follow_symlinks: bool) -> str | Non
     try:
         target = os.path.realpath(path, strict=True)
     except OSError as exc:
-        if getattr(exc, "errno", None) == 40 or "loop" in str(exc).lower():  # ELOOP
+        if exc.errno == errno.ELOOP:
             return "symlink loop"
         return "broken symlink"
     if not follow_symlinks and not _inside(target, root_real):
@@ -93,6 +94,8 @@ def _check_image(path: str) -> str | None:
     except UnidentifiedImageError:
         return "not an image (PIL cannot identify it)"
     except OSError as exc:
+        if exc.errno is None:  # raised by PIL itself, e.g. "Truncated File Read"
+            return f"truncated or corrupt image header: {exc}"
         return f"cannot read: {exc.strerror or exc}"
     except Exception as exc:  # PIL raises assorted errors on corrupt headers
         return f"corrupt image header: {type(exc).__name__}"
