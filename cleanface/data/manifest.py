@@ -29,16 +29,23 @@ _CHUNK = 65536
 
 
 def _gather(data: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> StringArray:
-    """The byte ranges ``[starts, ends)`` of ``data`` as a StringArray (a boolean mask, no per-byte index)."""
-    lengths = ends - starts
+    """The sorted, disjoint byte ranges ``[starts, ends)`` of ``data`` as a StringArray.
+
+    Works through the ranges in chunks with a small per-byte mask, so memory stays at the
+    output size plus a few MB (no per-byte index array, no per-row object).
+    """
     offsets = np.zeros(len(starts) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=offsets[1:])
-    delta = np.zeros(len(data) + 1, dtype=np.int8)
-    np.add.at(delta, starts, 1)
-    np.add.at(delta, ends, -1)
-    mask = np.cumsum(delta[:-1], dtype=np.int8).astype(bool)
-    del delta
-    return StringArray(data[mask], offsets)
+    np.cumsum(ends - starts, out=offsets[1:])
+    blob = np.empty(int(offsets[-1]), dtype=np.uint8)
+    for a in range(0, len(starts), _CHUNK):
+        s, e = starts[a : a + _CHUNK], ends[a : a + _CHUNK]
+        lo, hi = int(s[0]), int(e[-1])
+        delta = np.zeros(hi - lo + 1, dtype=np.int8)
+        np.add.at(delta, s - lo, 1)
+        np.add.at(delta, e - lo, -1)
+        np.cumsum(delta, out=delta)  # 1 inside a range, 0 outside
+        blob[offsets[a] : offsets[a + len(s)]] = data[lo:hi][delta[:-1].view(bool)]
+    return StringArray(blob, offsets)
 
 
 def _labels_of(data: bytes, starts: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, list[bytes]]:
@@ -68,6 +75,7 @@ def _parse_fast(raw: bytes, name: str) -> tuple[StringArray, np.ndarray, list[by
     line_starts, line_ends, linenos = line_starts[1:], line_ends[1:], linenos[1:]
     if len(line_starts) == 0:
         return StringArray.empty(), np.zeros(0, np.int64), [], linenos
+    del newlines, cr, nonblank
     commas = np.flatnonzero(data == 44)
     # the line each comma sits in; commas outside data lines (header) are dropped
     where = np.searchsorted(line_starts, commas, side="right") - 1
@@ -80,6 +88,7 @@ def _parse_fast(raw: bytes, name: str) -> tuple[StringArray, np.ndarray, list[by
         raise DataError(f"{name} line {int(linenos[k])}: expected 2 fields (path,identity), got {int(per_line[k]) + 1}")
     comma = np.empty(len(line_starts), dtype=np.int64)
     comma[where] = commas
+    del commas, where, inside, per_line
     empty = (comma == line_starts) | (comma + 1 == line_ends)
     if np.any(empty):
         k = int(np.argmax(empty))
@@ -181,10 +190,12 @@ def read_manifest(csv_path: str | os.PathLike, *, check_files: bool = True, sile
         raise DataError(f"cannot read manifest {csv_path}: {exc.strerror or exc}") from None
     if raw.startswith(b"\xef\xbb\xbf"):
         raw = raw[3:]
-    first = raw.split(b"\n", 1)[0].rstrip(b"\r")
+    end = raw.find(b"\n")
+    first = raw[: end if end >= 0 else len(raw)].rstrip(b"\r")
     if not raw.strip():
         raise DataError(f"{name} is empty; expected a 'path,identity' header")
-    if b'"' not in raw and b"\r" not in raw.replace(b"\r\n", b"") and first.strip() == b"path,identity":
+    lone_cr = raw.count(b"\r") != raw.count(b"\r\n")
+    if b'"' not in raw and not lone_cr and first.strip() == b"path,identity":
         paths, labels, idents_raw, linenos = _parse_fast(raw, name)
         idents = [b.decode("utf-8", "surrogateescape") for b in idents_raw]
     else:
