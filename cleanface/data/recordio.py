@@ -240,7 +240,10 @@ class _FdCache:
         if hit is not None and hit[1][0] == os.getpid():
             os.close(hit[0])
         if len(self._fds) > 64:
-            self._fds.clear()  # descriptors of a parent process are not ours to close
+            for other_fd, other_sig, _ in self._fds.values():
+                if other_sig[0] == os.getpid():  # a parent's descriptors are left alone
+                    os.close(other_fd)
+            self._fds.clear()
         fd = os.open(path, os.O_RDONLY)
         self._fds[path] = (fd, sig, st.st_size)
         return fd, st.st_size
