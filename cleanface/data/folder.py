@@ -151,7 +151,8 @@ def read_folder(root: str | os.PathLike, *, follow_symlinks: bool = False, silen
         files that are not images (README, ...) are ignored.
     follow_symlinks : bool
         Follow symlinks that point outside ``root``. Symlinks inside ``root`` are always
-        followed; loops and broken links never are.
+        followed; loops and broken links never are. A folder written by
+        :func:`write_folder` with symlinks carries a marker that turns this on.
     silent : bool
         No progress bar.
 
@@ -171,6 +172,7 @@ def read_folder(root: str | os.PathLike, *, follow_symlinks: bool = False, silen
     if not os.path.isdir(root_s):
         raise DataError(f"dataset folder {root_s} does not exist or is not a folder")
     root_real = os.path.realpath(root_s)
+    follow_symlinks = follow_symlinks or os.path.isfile(os.path.join(root_s, LINKS_MARKER))
     bad: list[BadFile] = []
     identities = []
     try:
@@ -232,21 +234,26 @@ def folder_layout(index: DatasetIndex) -> StringArray:
     return StringArray.from_list(out)
 
 
-def _place(src: Path, dst: Path, copy: bool) -> None:
+LINKS_MARKER = ".cleanface-links"
+
+
+def _place(src: Path, dst: Path, copy: bool) -> str:
+    """Place ``src`` at ``dst``; return how: ``"hardlink"``, ``"symlink"`` or ``"copy"``."""
     if dst.exists() or dst.is_symlink():
         dst.unlink()
     if not copy:
         try:
             os.link(src, dst)
-            return
+            return "hardlink"
         except OSError:
             pass
         try:
             os.symlink(os.path.realpath(src), dst)
-            return
+            return "symlink"
         except OSError:
             pass
     shutil.copyfile(src, dst)
+    return "copy"
 
 
 def write_folder(
@@ -260,8 +267,9 @@ def write_folder(
     """Write ``index`` as ``out/<identity>/<file name>`` (layout: :func:`folder_layout`).
 
     Each image is hard-linked, else symlinked, else copied; ``copy=True`` always copies.
-    RecordIO samples are written out as files. A symlinked output points outside ``out``,
-    so read it back with ``read_folder(out, follow_symlinks=True)``. The folder is built
+    RecordIO samples are written out as files. When symlinks were made, a marker file
+    (``.cleanface-links``) tells :func:`read_folder` that the links pointing outside
+    ``out`` were written by cleanface and may be followed. The folder is built
     under a staging name and moved into place when complete.
 
     Returns
@@ -277,6 +285,7 @@ def write_folder(
     with staging_dir(out, overwrite=overwrite) as stage, make_progress(silent=silent) as progress:
         task = progress.add_task(f"writing {Path(out).name}", total=len(index))
         made: set[str] = set()
+        symlinked = False
         for i, rel in enumerate(layout):
             folder = rel.rsplit("/", 1)[0]
             if folder not in made:
@@ -290,9 +299,11 @@ def write_folder(
             else:
                 src = index.abspath(i)
                 try:
-                    _place(src, dst, copy)
+                    symlinked |= _place(src, dst, copy) == "symlink"
                 except OSError as exc:
                     raise DataError(f"cannot write {src} to {dst}: {exc.strerror or exc}") from None
             progress.advance(task)
+        if symlinked:
+            (stage / LINKS_MARKER).write_text("symlinks in this folder were written by cleanface\n")
     return Path(out)
 

@@ -208,3 +208,27 @@ def test_write_folder_refuses_non_empty_output_and_own_source(tmp_path):
     assert sorted(p.name for p in (tmp_path / "busy").iterdir()) == ["p"]
     with pytest.raises(DataError, match="holds the source dataset"):
         write_folder(src, tmp_path / "src", overwrite=True)
+
+
+def test_symlinked_output_of_write_folder_reads_back(tmp_path, monkeypatch):
+    """When hard links fail, write_folder symlinks and marks the folder so it reads back whole."""
+    from PIL import Image
+
+    from cleanface.data.folder import read_folder, write_folder
+
+    src = tmp_path / "src"
+    for ident in ("a", "b"):
+        (src / ident).mkdir(parents=True)
+        for n in range(2):
+            Image.new("RGB", (8, 8), (n * 40, 10, 10)).save(src / ident / f"{n}.png")
+    index = read_folder(src)
+
+    def no_hardlinks(*args, **kwargs):
+        raise OSError("cross-device link")
+
+    monkeypatch.setattr("cleanface.data.folder.os.link", no_hardlinks)
+    out = write_folder(index, tmp_path / "out")
+    assert any(p.is_symlink() for p in out.rglob("*.png"))
+    again = read_folder(out)
+    assert len(again) == 4 and not again.bad_files
+    assert again.names == ["a", "b"]
