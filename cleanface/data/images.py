@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import io
 import math
+import warnings
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -119,7 +120,9 @@ def decode_image(data: bytes, *, size: int = 112, crop: int | None = None, where
     if not data:
         raise DataError(f"cannot decode {_where(where)}: zero-byte file")
     try:
-        img = Image.open(io.BytesIO(data))
+        with warnings.catch_warnings():  # the size is checked just below, with a clearer message
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
         w, h = img.size
         if w * h > MAX_IMAGE_PIXELS:
             raise DataError(
