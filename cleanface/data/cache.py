@@ -11,8 +11,9 @@ Layout under the cache root (``$CLEANFACE_CACHE``, else ``~/.cache/cleanface``):
     <key>/bad.jsonl    one {"index", "location", "reason"} per failed sample
     <key>/meta.json    N, size, crop, index fingerprint, format version, counts (written last)
 
-``key`` is a hash of the index fingerprint, ``size``, ``crop`` and :data:`FORMAT_VERSION`,
-so another dataset, another label set or another crop gets another cache. A cache is
+``key`` is a hash of the index fingerprint, a stamp of file sizes and times, ``size``,
+``crop`` and :data:`FORMAT_VERSION`, so another dataset, another label set, files rewritten
+in place or another crop get another cache. A cache is
 built under ``.<key>.partial`` (with ``status.u8`` = 0 for samples not yet done, flushed
 every :data:`FLUSH_EVERY` images) and renamed to ``<key>`` when complete; an interrupted
 build resumes from where it stopped.
@@ -40,6 +41,8 @@ FORMAT_VERSION = 1
 #: Images between flushes of a partial build (what an interruption can lose at most).
 FLUSH_EVERY = 2048
 _CHUNK = 64  # images per task sent to a decode worker
+#: Files whose size and mtime enter the cache key (see :func:`content_stamp`).
+STAMP_SAMPLES = 256
 
 PENDING, DONE, FAILED = 0, 1, 2
 
@@ -50,9 +53,34 @@ def default_cache_root() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "cleanface"
 
 
+def content_stamp(index: DatasetIndex, samples: int = STAMP_SAMPLES) -> str:
+    """Size and modification time of up to ``samples`` evenly spaced files (the ``.rec`` file for RecordIO).
+
+    The index fingerprint covers paths and labels, not pixels; this stamp makes a dataset
+    rewritten in place under the same names (e.g. synthetic faces drawn again with another
+    seed) get a new cache, at the cost of a few ``stat`` calls.
+    """
+    h = hashlib.sha256()
+    if index.kind == "rec":
+        targets = [Path(index.root)]
+    else:
+        picks = np.unique(np.linspace(0, len(index) - 1, num=min(samples, len(index))).astype(np.int64))
+        targets = [index.abspath(int(i)) for i in picks]
+    for path in targets:
+        try:
+            st = os.stat(path)
+            h.update(f"{st.st_size}:{st.st_mtime_ns};".encode())
+        except OSError:
+            h.update(b"missing;")
+    return h.hexdigest()[:16]
+
+
 def cache_key(index: DatasetIndex, size: int, crop: int | None) -> str:
-    """The cache folder name of ``index`` decoded at ``size`` from a centre crop ``crop``."""
-    text = f"{index.fingerprint()}|size={int(size)}|crop={crop}|v{FORMAT_VERSION}"
+    """The cache folder name of ``index`` decoded at ``size`` from a centre crop ``crop``.
+
+    A hash of the index fingerprint, :func:`content_stamp`, ``size``, ``crop`` and :data:`FORMAT_VERSION`.
+    """
+    text = f"{index.fingerprint()}|{content_stamp(index)}|size={int(size)}|crop={crop}|v{FORMAT_VERSION}"
     return hashlib.sha256(text.encode()).hexdigest()[:20]
 
 

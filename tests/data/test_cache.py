@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 
 import numpy as np
 import pytest
@@ -254,3 +255,14 @@ def test_cache_pickles_without_its_pixels(index, tmp_path):
     copy = pickle.loads(pickle.dumps(cache))
     assert len(pickle.dumps(cache)) < 16 * 16 * 3 * len(index)
     assert np.array_equal(copy[4], cache[4])
+
+
+def test_files_rewritten_in_place_get_a_new_cache(index, tmp_path):
+    first = DecodeCache.build(index, tmp_path / "c", size=16, crop=None, silent=True)
+    path = index.abspath(0)
+    Image.fromarray(np.full((40, 40, 3), 7, dtype=np.uint8)).save(path)
+    st = path.stat()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**10))
+    second = DecodeCache.build(index, tmp_path / "c", size=16, crop=None, silent=True)
+    assert second.path != first.path
+    assert np.all(second[0] == 7) and not np.all(first[0] == 7)
