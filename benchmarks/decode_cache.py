@@ -51,8 +51,6 @@ def _rate(n: int, seconds: float) -> float:
 
 
 def measure(index, size: int, crop: int, workers: int, batch_size: int, cache_root: Path) -> dict:
-    import torch
-
     from cleanface.data.cache import DecodeCache
     from cleanface.data.images import decode_image
     from cleanface.data.torch_dataset import CachedBatches, FaceDataset, make_loader
@@ -87,7 +85,6 @@ def measure(index, size: int, crop: int, workers: int, batch_size: int, cache_ro
     batches = CachedBatches(cache, index.labels, batch_size=batch_size, shuffle=True, seed=0, train=True)
     result["cached_batches_images_per_s"] = epoch(batches)
     result["speedup_cached_batches_vs_decode"] = round(result["cached_batches_images_per_s"] / result["decode_images_per_s"], 1)
-    del torch
     return result
 
 
