@@ -1,0 +1,259 @@
+"""Synthesise images whose embeddings match target vectors, with the BatchNorm prior.
+
+Notation: M targets, D embedding size, S image side. Starting from noise, the pixels
+of M images are optimised jointly with Adam so that
+
+    loss = cos_weight * mean_i (1 - cos(f(x_i), t_i))
+         + bn_weight  * R_bn(x)                 (see :mod:`cleanface.inversion.bn_prior`)
+         + tv_weight  * TV(x) + l2_weight * mean(x^2)
+
+where f is the frozen backbone in eval mode (its BatchNorm running statistics are the
+prior, taken over the batch of M images), TV the mean squared difference between
+neighbouring pixels, and x = tanh(z) keeps the pixels in [-1, 1] while z is free.
+Each step shifts the batch by a random offset of up to ``jitter`` pixels (circularly)
+and (optionally) mirrors it, so that the images cannot hide their identity in pixel-exact
+patterns. The learning rate follows a cosine decay to zero.
+
+The result is reported on what is written out: the images are rounded to uint8 and
+embedded again (no shift, no flip) to give the final cosines.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cleanface.data.images import to_tensor_batch, to_uint8
+from cleanface.errors import ConfigError, TrainingError
+from cleanface.inversion.bn_prior import BNPrior, bn_distance, bn_layers
+from cleanface.progress import make_progress
+
+#: the loss terms recorded per step in :attr:`InversionResult.history`
+HISTORY_KEYS = ("loss", "cos", "bn", "tv", "l2")
+
+
+@dataclass
+class InversionResult:
+    """What :func:`invert` returns.
+
+    Attributes
+    ----------
+    images : ndarray of shape (M, S, S, 3), uint8
+        The synthesised RGB images, in target order.
+    final_cos : ndarray of shape (M,), float32
+        Cosine between the embedding of each written (uint8) image and its target.
+    history : dict of str to list of float
+        Per-step values of ``loss`` (weighted total), ``cos`` (mean cosine of the
+        shifted/flipped batch), ``bn`` (R_bn, recorded even when its weight is 0),
+        ``tv`` and ``l2``; each list has ``steps`` entries.
+    bn_distance : float
+        R_bn of the final uint8 images, unshifted (lower: closer to the training statistics).
+    seconds : float
+        Wall-clock time of the optimisation.
+    settings : dict
+        The settings used (JSON-ready).
+    """
+
+    images: np.ndarray
+    final_cos: np.ndarray
+    history: dict[str, list[float]]
+    bn_distance: float
+    seconds: float
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``"auto"`` -> CUDA when available, else CPU; refuse CUDA when there is none."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ConfigError(f"unknown device {device!r}; use cpu, cuda, cuda:N or auto") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r} asked for but CUDA is not available; use --device cpu")
+    return dev
+
+
+@contextlib.contextmanager
+def frozen(backbone: nn.Module, device: torch.device) -> Iterator[nn.Module]:
+    """``backbone`` in eval mode on ``device`` with gradients off; mode, flags and device restored on exit."""
+    was_training = backbone.training
+    flags = [p.requires_grad for p in backbone.parameters()]
+    first = next(iter(backbone.parameters()), None)
+    home = first.device if first is not None else torch.device("cpu")
+    backbone.eval().to(device)
+    for p in backbone.parameters():
+        p.requires_grad_(False)
+    try:
+        yield backbone
+    finally:
+        for p, flag in zip(backbone.parameters(), flags):
+            p.requires_grad_(flag)
+        backbone.to(home).train(was_training)
+
+
+def _check_targets(targets: np.ndarray | torch.Tensor) -> torch.Tensor:
+    t = torch.as_tensor(np.asarray(targets) if not isinstance(targets, torch.Tensor) else targets).detach().float().cpu()
+    if t.ndim != 2 or t.shape[0] < 1 or t.shape[1] < 1:
+        raise ConfigError(f"targets must have shape (M, D) with M, D >= 1, got {tuple(t.shape)}")
+    if not torch.isfinite(t).all():
+        raise ConfigError("targets hold NaN or infinite values")
+    norms = t.norm(dim=1)
+    if (norms < 1e-12).any():
+        raise ConfigError(f"target rows {torch.nonzero(norms < 1e-12).flatten().tolist()[:10]} are zero vectors and have no direction")
+    return t / norms[:, None]
+
+
+def _check_settings(size: int, steps: int, lr: float, weights: dict[str, float], jitter: int) -> None:
+    if size < 8:
+        raise ConfigError(f"size must be at least 8 pixels, got {size}")
+    if steps < 1:
+        raise ConfigError(f"steps must be at least 1, got {steps}")
+    if not (lr > 0 and math.isfinite(lr)):
+        raise ConfigError(f"lr must be a positive number, got {lr}")
+    for name, value in weights.items():
+        if not (value >= 0 and math.isfinite(value)):
+            raise ConfigError(f"{name} must be 0 or more, got {value}")
+    if weights["cos_weight"] == 0:
+        raise ConfigError("cos_weight must be positive: without it nothing ties the images to the targets")
+    if not 0 <= jitter < size // 2:
+        raise ConfigError(f"jitter must be between 0 and {size // 2 - 1} pixels for {size}-pixel images, got {jitter}")
+
+
+def _tv(x: torch.Tensor) -> torch.Tensor:
+    return (x[:, :, 1:, :] - x[:, :, :-1, :]).pow(2).mean() + (x[:, :, :, 1:] - x[:, :, :, :-1]).pow(2).mean()
+
+
+@torch.no_grad()
+def embed_images(backbone: nn.Module, images: np.ndarray, *, device: str | torch.device = "cpu") -> np.ndarray:
+    """L2-normalised embeddings of uint8 images (B, S, S, 3) under ``backbone`` in eval mode: (B, D) float32."""
+    dev = resolve_device(device)
+    with frozen(backbone, dev):
+        out = backbone(to_tensor_batch(images).to(dev))
+    return F.normalize(out.float(), dim=1).cpu().numpy()
+
+
+def invert(
+    backbone: nn.Module,
+    targets: np.ndarray | torch.Tensor,
+    *,
+    size: int,
+    steps: int = 300,
+    lr: float = 0.1,
+    bn_weight: float = 0.02,
+    cos_weight: float = 1.0,
+    tv_weight: float = 0.05,
+    l2_weight: float = 0.01,
+    jitter: int | None = None,
+    flip: bool = False,
+    init_std: float = 0.5,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    silent: bool = True,
+) -> InversionResult:
+    """Optimise M images from noise so that their embeddings point along ``targets``.
+
+    Parameters
+    ----------
+    backbone : nn.Module
+        Maps (B, 3, S, S) in [-1, 1] to (B, D); must hold BatchNorm2d layers when
+        ``bn_weight > 0``. It is used frozen in eval mode; its mode, gradient flags and
+        device are restored afterwards.
+    targets : array-like of shape (M, D)
+        Target vectors (normalised here; any non-zero length). All M are optimised as
+        one batch, so the BN prior constrains their joint statistics.
+    size : int
+        Image side S (the backbone's input size).
+    steps : int
+        Adam steps.
+    lr : float
+        Initial Adam learning rate on the tanh-space pixels (cosine decay to 0).
+    bn_weight, cos_weight, tv_weight, l2_weight : float
+        Weights of the loss terms (see the module docstring); ``bn_weight=0`` turns the
+        BN prior off (its value is still recorded).
+    jitter : int, optional
+        Largest random shift per step, in pixels (0: none; default ``max(1, size // 32)``).
+    flip : bool
+        Mirror the batch left-right at random each step (off by default: it costs
+        cosine with networks whose embeddings are not mirror-invariant).
+    init_std : float
+        Standard deviation of the initial noise in tanh space.
+    seed : int
+        Seeds the initial noise, shifts and flips: on CPU the same call gives the same images.
+    device : str or torch.device
+        ``cpu``, ``cuda``, ``cuda:N`` or ``auto``.
+    silent : bool
+        No progress bar.
+
+    Returns
+    -------
+    InversionResult
+    """
+    t = _check_targets(targets)
+    if jitter is None:
+        jitter = max(1, size // 32)
+    weights = {"bn_weight": float(bn_weight), "cos_weight": float(cos_weight), "tv_weight": float(tv_weight), "l2_weight": float(l2_weight)}
+    _check_settings(size, steps, lr, weights, jitter)
+    if not (init_std > 0 and math.isfinite(init_std)):
+        raise ConfigError(f"init_std must be a positive number, got {init_std}")
+    dev = resolve_device(device)
+    settings: dict[str, Any] = {
+        "size": size, "steps": steps, "lr": lr, **weights, "jitter": jitter, "flip": flip,
+        "init_std": init_std, "seed": seed, "device": str(dev), "targets": int(t.shape[0]),
+    }
+    gen = torch.Generator().manual_seed(int(seed))
+    z = (torch.randn((t.shape[0], 3, size, size), generator=gen) * init_std).to(dev).requires_grad_(True)
+    shifts = torch.randint(-jitter, jitter + 1, (steps, 2), generator=gen).tolist() if jitter else [[0, 0]] * steps
+    flips = (torch.rand(steps, generator=gen) < 0.5).tolist() if flip else [False] * steps
+    target = t.to(dev)
+    history: dict[str, list[float]] = {k: [] for k in HISTORY_KEYS}
+    optimiser = torch.optim.Adam([z], lr=lr, betas=(0.9, 0.999))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda i: 0.5 * (1 + math.cos(math.pi * i / steps)))
+    has_bn = bool(bn_layers(backbone))
+    if not has_bn and bn_weight > 0:
+        raise ConfigError(f"{type(backbone).__name__} has no BatchNorm2d layer with running statistics; use bn_weight=0 (--no-bn-prior)")
+    start = time.perf_counter()
+    with frozen(backbone, dev), BNPrior(backbone) if has_bn else contextlib.nullcontext() as prior, make_progress(
+        silent=silent, extra="cos {task.fields[cos]:.3f} bn {task.fields[bn]:.3g}"
+    ) as progress:
+        task = progress.add_task(f"inverting {t.shape[0]} vectors", total=steps, cos=0.0, bn=0.0)
+        for i in range(steps):
+            x = torch.tanh(z)
+            view = torch.roll(x, shifts=tuple(shifts[i]), dims=(2, 3)) if jitter else x
+            if flips[i]:
+                view = view.flip(3)
+            if prior is not None:
+                prior.reset()
+            emb = backbone(view)
+            if emb.ndim != 2 or emb.shape[1] != t.shape[1]:
+                raise ConfigError(f"the backbone gives embeddings of shape {tuple(emb.shape)} but the targets have D={t.shape[1]}")
+            cos = (F.normalize(emb.float(), dim=1) * target).sum(dim=1)
+            bn = prior.loss() if prior is not None else torch.zeros((), device=dev)
+            tv = _tv(x)
+            l2 = x.pow(2).mean()
+            loss = cos_weight * (1 - cos).mean() + bn_weight * bn + tv_weight * tv + l2_weight * l2
+            if not torch.isfinite(loss):
+                raise TrainingError(f"inversion loss became {float(loss)} at step {i}; lower the learning rate")
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            scheduler.step()
+            for key, value in zip(HISTORY_KEYS, (loss, cos.mean(), bn, tv, l2)):
+                history[key].append(float(value.detach()))
+            progress.update(task, advance=1, cos=history["cos"][-1], bn=history["bn"][-1])
+        seconds = time.perf_counter() - start
+        with torch.no_grad():
+            images = to_uint8(torch.tanh(z))
+        final = embed_images(backbone, images, device=dev)
+        distance = bn_distance(backbone, images, device=dev) if has_bn else float("nan")
+    final_cos = (final * t.numpy()).sum(axis=1).astype(np.float32)
+    return InversionResult(images=images, final_cos=final_cos, history=history, bn_distance=distance, seconds=seconds, settings=settings)
