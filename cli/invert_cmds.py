@@ -23,6 +23,9 @@ from cleanface_cli._common import console, handle_errors, seed_option, silent_op
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=0.1, show_default=True, help="Adam learning rate (cosine decay).")
 @click.option("--bn-weight", type=click.FloatRange(min=0), default=0.02, show_default=True, help="Weight of the BatchNorm prior.")
 @click.option("--no-bn-prior", is_flag=True, help="Turn the BatchNorm prior off (same as --bn-weight 0).")
+@click.option("--tv-weight", type=click.FloatRange(min=0), default=0.05, show_default=True, help="Weight of the smoothness (total variation) prior.")
+@click.option("--jitter", type=click.IntRange(min=0), default=None, help="Largest random shift per step in pixels [default: image side // 32, at least 1].")
+@click.option("--flip/--no-flip", default=False, show_default=True, help="Mirror the images at random during the optimisation.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True, help="Targets optimised together (they share the BN statistics).")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N or auto.")
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it is not empty.")
@@ -31,7 +34,8 @@ from cleanface_cli._common import console, handle_errors, seed_option, silent_op
 @handle_errors
 def invert_cmd(
     run: str, identities: tuple[str, ...], sub_centers: bool, purify_dir: str | None, embeddings: str | None, rows: str | None,
-    out_dir: str, steps: int, lr: float, bn_weight: float, no_bn_prior: bool, batch_size: int, device: str, overwrite: bool,
+    out_dir: str, steps: int, lr: float, bn_weight: float, no_bn_prior: bool, tv_weight: float,
+    jitter: int | None, flip: bool, batch_size: int, device: str, overwrite: bool,
     seed: int, silent: bool,
 ) -> None:
     """Synthesise images whose embeddings under the model of RUN match its sub-centers or given embeddings.
@@ -48,7 +52,7 @@ def invert_cmd(
     out = invert_identities(
         run, list(identities), out_dir, sub_centers=sub_centers, purify_dir=purify_dir, embeddings=embeddings, rows=rows,
         steps=steps, lr=lr, bn_weight=0.0 if no_bn_prior else bn_weight, seed=seed, device=device, batch_size=batch_size,
-        overwrite=overwrite, silent=silent,
+        tv_weight=tv_weight, jitter=jitter, flip=flip, overwrite=overwrite, silent=silent,
     )
     summary = json.loads((out / "inversion.json").read_text())
     console.print(

@@ -147,3 +147,11 @@ def test_command_has_help():
     assert res.exit_code == 0 and "BatchNorm" in res.output
     for option in ("--identity", "--sub-centers", "--purify", "--embeddings", "--out", "--steps", "--lr", "--seed", "--no-bn-prior", "--device"):
         assert option in res.output
+
+
+def test_command_passes_the_image_priors(trained, fake_run, tmp_path):
+    res = CliRunner().invoke(cli, ["invert", str(fake_run), "--identity", trained.names[0], "--out", str(tmp_path / "o"), "--steps", "2",
+                                   "--tv-weight", "0.7", "--jitter", "3", "--flip", "--bn-weight", "0.1", "--lr", "0.2", "--seed", "4", "--silent"])
+    assert res.exit_code == 0, res.output
+    settings = json.loads((tmp_path / "o" / "inversion.json").read_text())["settings"]
+    assert (settings["tv_weight"], settings["jitter"], settings["flip"], settings["bn_weight"], settings["lr"], settings["seed"]) == (0.7, 3, True, 0.1, 0.2, 4)
