@@ -1,0 +1,116 @@
+"""Every purification setting, its default and the reason for it.
+
+All angles are in degrees. The defaults follow sub-center ArcFace (drop above 75
+degrees from the dominant sub-center) and add the extra rules of cleanface with
+values chosen for trained ArcFace-style embeddings, where centres of different
+identities lie close to 90 degrees apart and clean images of an identity mostly lie
+within 50-65 degrees of its dominant sub-center:
+
+* ``relabel_angle = 50``: an image this close to another identity's dominant
+  sub-center sits well inside that identity's cluster of clean images;
+* ``relabel_margin = 10``: and it is clearly closer to it than to its own, so a
+  borderline image between two identities is dropped rather than moved;
+* ``merge_angle = 35``: two dominant sub-centers this close share their images'
+  neighbourhoods almost entirely (the same person under two names), far from the
+  near-orthogonal angles between different people;
+* ``split_angle = 60`` with ``split_min_share = 0.3``: two strong sub-centers (each
+  holding at least 30% of the images) more than 60 degrees apart are two clusters of
+  comparable size, the sign of two people under one name;
+* ``dup_cos = 0.98`` (about 11.5 degrees): near-identical crops of one photograph;
+  different photographs of one person rarely come this close.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from cleanface.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class PurifySettings:
+    """Switches and thresholds of the purification rules (see the module docstring).
+
+    Attributes
+    ----------
+    threshold : float
+        Drop an image whose angle to its identity's dominant sub-center is strictly
+        greater than this (degrees). An angle equal to it keeps the image.
+    drop_non_dominant : bool
+        Also drop images whose nearest sub-center is not the dominant one.
+    relabel, relabel_angle, relabel_margin
+        Move a would-be-dropped image to another identity when its angle to that
+        identity's dominant sub-center is below ``relabel_angle`` and at least
+        ``relabel_margin`` smaller than its angle to its own.
+    merge, merge_angle
+        Identities whose dominant sub-centers are closer than ``merge_angle`` are
+        grouped; with ``merge`` they become one identity, else they are only reported.
+    split, split_angle, split_min_share
+        An identity whose two most voted sub-centers each hold ``split_min_share`` of
+        its images and lie more than ``split_angle`` apart is reported; with ``split``
+        the images nearest the second one become the new identity ``<name>#2``.
+    dedup, dup_cos
+        Pairs of images with cosine >= ``dup_cos`` are reported; with ``dedup`` every
+        group of near-duplicates keeps only its first image.
+    keep_outlier_groups, outlier_min_cluster_size, outlier_cap
+        HDBSCAN over the dropped images finds coherent groups (``min_cluster_size``);
+        with ``keep_outlier_groups`` each group becomes a new identity. When more than
+        ``outlier_cap`` images are dropped, HDBSCAN is fitted on a seeded sample of
+        ``outlier_cap`` of them and the others are assigned by approximate prediction.
+    exact_below : int
+        FAISS uses an exact flat index below this many vectors, an IVF index above.
+    flip : bool
+        Embed each image as the mean of itself and its mirror image (the sub-center
+        ArcFace reference embeds without flipping).
+    seed : int
+        Seed of every sampled step (IVF training sample, HDBSCAN sample).
+    """
+
+    threshold: float = 75.0
+    drop_non_dominant: bool = False
+    relabel: bool = True
+    relabel_angle: float = 50.0
+    relabel_margin: float = 10.0
+    merge: bool = True
+    merge_angle: float = 35.0
+    split: bool = False
+    split_angle: float = 60.0
+    split_min_share: float = 0.3
+    dedup: bool = False
+    dup_cos: float = 0.98
+    keep_outlier_groups: bool = False
+    outlier_min_cluster_size: int = 5
+    outlier_cap: int = 20_000
+    exact_below: int = 50_000
+    flip: bool = False
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("threshold", "relabel_angle", "merge_angle", "split_angle"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not math.isfinite(value) or not 0 <= value <= 180:
+                raise ConfigError(f"purify setting {name} must be an angle in degrees within [0, 180], got {value!r}")
+        if not 0 <= self.relabel_margin <= 180:
+            raise ConfigError(f"purify setting relabel_margin must lie within [0, 180] degrees, got {self.relabel_margin!r}")
+        if not 0 < self.split_min_share <= 0.5:
+            raise ConfigError(f"purify setting split_min_share must lie within (0, 0.5], got {self.split_min_share!r}")
+        if not -1 <= self.dup_cos <= 1:
+            raise ConfigError(f"purify setting dup_cos is a cosine and must lie within [-1, 1], got {self.dup_cos!r}")
+        for name in ("outlier_min_cluster_size", "outlier_cap", "exact_below"):
+            if int(getattr(self, name)) < 2:
+                raise ConfigError(f"purify setting {name} must be at least 2, got {getattr(self, name)!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The settings as a plain dict (for ``summary.json``)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "PurifySettings":
+        """Settings from a dict; an unknown key is a :class:`ConfigError` naming the known ones."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"unknown purify setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        return cls(**values)
