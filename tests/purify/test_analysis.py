@@ -1,0 +1,89 @@
+import numpy as np
+import pytest
+from hypothesis import given, settings as hsettings, strategies as st
+
+from cleanface.purify.analysis import (
+    angle_to_dominant,
+    dominant_subcenters,
+    finite_rows,
+    group_percentile,
+    identity_stats,
+    nearest_subcenter,
+    non_dominant,
+    subcenter_votes,
+)
+from tests.purify.conftest import basis_centers, toward
+
+
+def test_nearest_and_cosines_against_a_direct_computation():
+    rng = np.random.default_rng(1)
+    centers = rng.standard_normal((4, 3, 8)).astype(np.float32) * 5  # not normalised on purpose
+    labels = rng.integers(0, 4, 50)
+    emb = rng.standard_normal((50, 8)).astype(np.float32) * 3
+    nearest, cos = nearest_subcenter(emb, labels, centers, chunk=7)
+    cn = centers / np.linalg.norm(centers, axis=2, keepdims=True)
+    en = emb / np.linalg.norm(emb, axis=1, keepdims=True)
+    want = np.einsum("nd,nkd->nk", en, cn[labels])
+    np.testing.assert_allclose(cos, want, atol=1e-5)
+    assert nearest.tolist() == np.argmax(want, axis=1).tolist()
+
+
+def test_non_finite_and_zero_rows():
+    centers = basis_centers(1)
+    emb = np.stack([toward(0, 1, 10), np.full(24, np.nan), np.zeros(24), toward(1, 0, 5)]).astype(np.float32)
+    emb[3, 5] = np.inf
+    nearest, cos = nearest_subcenter(emb, np.zeros(4, int), centers)
+    assert finite_rows(emb).tolist() == [True, False, True, False]
+    assert nearest.tolist() == [0, -1, 0, -1]
+    assert np.isnan(cos[1]).all() and np.isnan(cos[3]).all()
+    assert np.all(cos[2] == 0)  # a zero vector is guarded, not NaN
+
+
+def test_dominant_votes_ties_and_empty_identities():
+    # identity 0 votes [2, 2, 1] -> tie goes to 0; identity 1 votes [0, 3, 3] -> 1; identity 2 empty -> -1
+    labels = np.array([0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 0])
+    nearest = np.array([1, 0, 2, 0, 1, 1, 2, 2, 1, 1, 2, -1])
+    votes = subcenter_votes(nearest, labels, 3, 3)
+    assert votes.tolist() == [[2, 2, 1], [0, 3, 3], [0, 0, 0]]
+    assert dominant_subcenters(nearest, labels, 3, 3).tolist() == [0, 1, -1]
+    assert non_dominant(nearest, labels, np.array([0, 1, -1])).tolist() == [True, False, True, False, True, False, True, True, False, False, True, False]
+
+
+def test_angle_to_dominant_in_degrees():
+    centers = basis_centers(2)
+    emb = np.stack([toward(0, 1, 30), toward(1, 0, 20), toward(3, 5, 40), toward(4, 3, 10)]).astype(np.float32)
+    labels = np.array([0, 0, 1, 1])
+    nearest, cos = nearest_subcenter(emb, labels, centers)
+    dom = dominant_subcenters(nearest, labels, 2, 3)
+    assert dom.tolist() == [0, 0]  # identity 0: one vote each for 0 and 1 -> 0; identity 1: votes 0 and 1 -> 0
+    np.testing.assert_allclose(angle_to_dominant(cos, labels, dom), [30, 70, 40, 80], atol=1e-3)
+    assert np.isnan(angle_to_dominant(cos, labels, np.array([-1, 0]))[:2]).all()
+
+
+@hsettings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 4), st.floats(0, 180)), min_size=1, max_size=60), st.sampled_from([0, 10, 50, 90, 100]))
+def test_group_percentile_matches_numpy(rows, q):
+    groups = np.array([g for g, _ in rows])
+    values = np.array([v for _, v in rows])
+    got = group_percentile(values, groups, 6, q)
+    for g in range(6):
+        sel = values[groups == g]
+        if len(sel):
+            assert got[g] == pytest.approx(np.percentile(sel, q), abs=1e-3)
+        else:
+            assert np.isnan(got[g])
+
+
+def test_identity_stats():
+    angles = np.array([10, 20, 30, np.nan, 80, 40], dtype=np.float32)
+    labels = np.array([0, 0, 0, 0, 1, 1])
+    nearest = np.array([0, 0, 1, -1, 2, 2])
+    dropped = np.array([False, False, False, True, True, False])
+    s = identity_stats(angles, labels, nearest, dropped, 3, 3)
+    assert s.count.tolist() == [3, 2, 0]
+    assert s.votes.tolist() == [[2, 1, 0], [0, 0, 2], [0, 0, 0]]
+    np.testing.assert_allclose(s.angle_mean[:2], [20, 60])
+    np.testing.assert_allclose(s.angle_std[:2], [np.std([10, 20, 30]), 20], rtol=1e-5)
+    np.testing.assert_allclose(s.angle_spread[:2], [16, 32], rtol=1e-5)
+    np.testing.assert_allclose(s.drop_share[:2], [0.25, 0.5])
+    assert np.isnan(s.angle_mean[2]) and np.isnan(s.drop_share[2])
