@@ -200,3 +200,24 @@ def test_interrupted_purify_resumes_without_embedding_and_matches(tmp_path, data
     assert len(files) > 20
     for rel in files:
         assert (whole / rel).read_bytes() == (resumed / rel).read_bytes(), rel
+
+
+def test_cli_purify_and_its_errors(tmp_path, dataset, fake_run):
+    from click.testing import CliRunner
+
+    from cleanface_cli.main import cli
+
+    runner_ = CliRunner()
+    result = runner_.invoke(cli, ["purify", str(fake_run.dir), str(dataset), "--out", str(tmp_path / "clean"), "--silent",
+                                  "--truth", str(dataset / "noise_truth.csv"), "--threshold", "70", "--no-relabel"])
+    assert result.exit_code == 0, result.output
+    assert "20 -> 17" in result.output and "P / R / F1" in result.output
+    summary = json.loads((tmp_path / "clean" / "summary.json").read_text())
+    assert summary["settings"]["threshold"] == 70 and summary["settings"]["relabel"] is False
+    (fake_run.dir / "identities.txt").write_text("ann\n")
+    result = runner_.invoke(cli, ["purify", str(fake_run.dir), str(dataset), "--out", str(tmp_path / "other"), "--silent"])
+    assert result.exit_code == 1
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and "trained on 1 identities" in lines[0]
+    help_text = runner_.invoke(cli, ["purify", "--help"]).output
+    assert "--keep-outlier-groups" in help_text and "Clean DATA" in help_text

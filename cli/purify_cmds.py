@@ -1,0 +1,93 @@
+"""``cleanface purify``: drop, relabel and merge noisy labels with a trained sub-center run."""
+
+from __future__ import annotations
+
+import json
+
+import click
+from rich.table import Table
+
+from cleanface.purify.runner import purify
+from cleanface.purify.settings import PurifySettings
+from cleanface_cli._common import console, handle_errors, silent_option
+
+_DEFAULTS = PurifySettings()
+
+
+@click.command("purify")
+@click.argument("run", type=click.Path(exists=True, file_okay=False))
+@click.argument("data", type=click.Path(exists=True))
+@click.option("--out", "out", type=click.Path(), required=True, help="Output directory for the cleaned dataset and the decisions.")
+@click.option("--threshold", type=click.FloatRange(0, 180), default=_DEFAULTS.threshold, show_default=True,
+              help="Drop images more than this many degrees from their identity's dominant sub-center.")
+@click.option("--relabel/--no-relabel", default=_DEFAULTS.relabel, show_default=True,
+              help="Move a dropped image to another identity whose dominant sub-center is much closer.")
+@click.option("--relabel-angle", type=click.FloatRange(0, 180), default=_DEFAULTS.relabel_angle, show_default=True,
+              help="Relabel only below this angle (degrees) to the other identity.")
+@click.option("--relabel-margin", type=click.FloatRange(0, 180), default=_DEFAULTS.relabel_margin, show_default=True,
+              help="... and at least this many degrees closer to it than to the own identity.")
+@click.option("--merge/--no-merge", default=_DEFAULTS.merge, show_default=True,
+              help="Merge identities whose dominant sub-centers are close (--no-merge: only report them).")
+@click.option("--merge-angle", type=click.FloatRange(0, 180), default=_DEFAULTS.merge_angle, show_default=True,
+              help="Identities whose dominant sub-centers are closer than this (degrees) are merged.")
+@click.option("--split/--no-split", default=_DEFAULTS.split, show_default=True,
+              help="Make the second group of a two-cluster identity a new identity <name>#2 (else only report it).")
+@click.option("--dedup", is_flag=True, help="Keep only the first image of each group of near-duplicates (cosine >= 0.98).")
+@click.option("--drop-non-dominant", is_flag=True, help="Also drop images whose nearest sub-center is not the dominant one.")
+@click.option("--keep-outlier-groups", is_flag=True, help="Make each coherent group among the dropped images (HDBSCAN) a new identity.")
+@click.option("--format", "fmt", type=click.Choice(["folder", "manifest", "rec"]), default="folder", show_default=True,
+              help="Format of the cleaned dataset.")
+@click.option("--embeddings", type=click.Path(exists=True), default=None,
+              help="Embeddings of DATA written by the embed step (skips embedding).")
+@click.option("--truth", type=click.Path(exists=True), default=None,
+              help="noise_truth.csv of DATA: adds precision/recall/F1 of the flags to the summary.")
+@click.option("--overwrite", is_flag=True, help="Replace OUT if it is not empty.")
+@click.option("--copy", is_flag=True, help="Copy image files instead of hard-linking them.")
+@click.option("--device", default="cpu", show_default=True, help="Device for embedding: cpu, cuda, cuda:N.")
+@silent_option
+@handle_errors
+def purify_cmd(
+    run: str, data: str, out: str, threshold: float, relabel: bool, relabel_angle: float, relabel_margin: float,
+    merge: bool, merge_angle: float, split: bool, dedup: bool, drop_non_dominant: bool, keep_outlier_groups: bool,
+    fmt: str, embeddings: str | None, truth: str | None, overwrite: bool, copy: bool, device: str, silent: bool,
+) -> None:
+    """Clean DATA with the sub-center model of RUN; write the cleaned dataset and a decision per image to OUT.
+
+    Each image is compared with its identity's dominant sub-center: far ones are dropped,
+    or relabelled when they clearly belong to another identity; identities with nearly
+    the same dominant sub-center are merged. OUT holds the cleaned dataset, decisions.csv,
+    summary.json and analysis.npz.
+    """
+    settings = PurifySettings(
+        threshold=threshold, relabel=relabel, relabel_angle=relabel_angle, relabel_margin=relabel_margin, merge=merge,
+        merge_angle=merge_angle, split=split, dedup=dedup, drop_non_dominant=drop_non_dominant, keep_outlier_groups=keep_outlier_groups,
+    )
+    result = purify(run, data, out, settings=settings, fmt=fmt, embeddings=embeddings, truth=truth, overwrite=overwrite,
+                    copy=copy, device=device, silent=silent)
+    summary = json.loads((result / "summary.json").read_text())
+    console.print(summary_table(summary))
+    console.print(f"wrote {result}", soft_wrap=True)
+
+
+def summary_table(summary: dict) -> Table:
+    """A rich table of the counts in ``summary.json``."""
+    table = Table(title="purify", show_header=True)
+    table.add_column("")
+    table.add_column("value", justify="right")
+    table.add_row("images", f"{summary['images_before']} -> {summary['images_after']}")
+    table.add_row("identities", f"{summary['identities_before']} -> {summary['identities_after']}")
+    for action, count in summary["actions"].items():
+        table.add_row(f"  {action}", str(count))
+    advised = summary.get("advised_threshold")
+    table.add_row("threshold (advised)", f"{summary['threshold']:g} ({'n/a' if advised is None else f'{advised:.1f}'})")
+    table.add_row("merge groups / splits", f"{len(summary['merges'])} / {len(summary['splits'])}")
+    table.add_row("duplicate pairs / outlier groups", f"{summary['duplicate_pairs']} / {len(summary['outlier_groups'])}")
+    if summary.get("non_finite"):
+        table.add_row("non-finite embeddings", str(summary["non_finite"]))
+    overall = (summary.get("truth") or {}).get("overall")
+    if overall:
+        table.add_row("flags vs truth (P / R / F1)", f"{overall['precision']:.3f} / {overall['recall']:.3f} / {overall['f1']:.3f}")
+    return table
+
+
+COMMANDS = [purify_cmd]
