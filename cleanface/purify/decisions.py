@@ -68,6 +68,7 @@ REASONS = (
 RELABEL_CANDIDATES = 4  # dominant sub-centers searched per dropped image (own identity skipped)
 MERGE_NEIGHBOURS = 10  # neighbours searched per dominant sub-center for merges
 DUP_NEIGHBOURS = 5  # neighbours searched per sample for near-duplicates
+DUP_NPROBE = 4  # IVF cells searched for near-duplicates: pairs at cosine >= 0.98 almost always share a cell
 REPORTED_DUPLICATES = 1000  # pairs listed in full in the summary (all are in analysis.npz)
 
 
@@ -451,7 +452,8 @@ def decide(
     clock.stage("dedup")
     pairs, pair_cos = np.zeros((0, 2), np.int64), np.zeros(0, np.float32)
     if n >= 2:
-        sample_index = _faiss.build_index(embeddings, exact_below=settings.exact_below, seed=settings.seed, silent=silent, what="samples")
+        sample_index = _faiss.build_index(embeddings, exact_below=settings.exact_below, nprobe=DUP_NPROBE, seed=settings.seed,
+                                          silent=silent, what="samples")
         faiss_info["samples"] = sample_index.describe()
         pairs, pair_cos = near_duplicates(embeddings, finite, settings.dup_cos, sample_index, silent=silent)
         del sample_index

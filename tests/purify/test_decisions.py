@@ -158,7 +158,8 @@ def test_threshold_advice_separates_two_populations():
 def test_factory_choice_and_ivf_search():
     assert choose_factory(49_999) == ("Flat", "")
     factory, params = choose_factory(1_000_000)
-    assert factory == "IVF4096,Flat" and params == "nprobe=32"
+    assert factory == "IVF1024,Flat" and params == "nprobe=32"
+    assert choose_factory(1_000_000, nprobe=4) == ("IVF1024,Flat", "nprobe=4")
     rng = np.random.default_rng(0)
     x = rng.standard_normal((2000, 16)).astype(np.float16)
     built = build_index(x, exact_below=1000)

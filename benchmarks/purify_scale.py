@@ -1,0 +1,165 @@
+"""Purification decisions at scale: time and peak memory per stage, from 10k to 1M images.
+
+Embeddings are random but structured like a trained sub-center model's: identities =
+images / 10, K = 3 sub-centers of 512 dimensions each (random directions, so nearly
+orthogonal); 80% of an identity's images lie 25-45 degrees from its dominant
+sub-center, 10% near another identity's dominant sub-center (close-set noise, relabel
+candidates) and 10% near one of its own non-dominant sub-centers (noise captured by
+them); 0.5% of the images get an exact-ish duplicate. They are written as a float16
+memmap on disk and decided on from there, as the runner does.
+
+Usage::
+
+    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/purify_scale.py --sizes 10000,100000,1000000 --out bench-out/purify_scale.json
+
+Prints one line per size and stage (seconds, peak RSS while the stage ran) and writes
+the figures to ``--out`` as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from cleanface.purify.decisions import decide  # noqa: E402
+from cleanface.purify.settings import PurifySettings  # noqa: E402
+
+D, K = 512, 3
+CHUNK = 65_536
+
+
+def rss_mb() -> float:
+    """Resident memory of this process in MB (from /proc)."""
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+class StageMemory:
+    """Samples RSS every 20 ms in a thread and keeps the peak of each stage named by ``mark``."""
+
+    def __init__(self) -> None:
+        self.stage = "setup"
+        self.peaks: dict[str, float] = {}
+        self.starts: dict[str, float] = {}
+        self.seconds: dict[str, float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._record()
+            time.sleep(0.02)
+
+    def _record(self) -> None:
+        value = rss_mb()
+        self.peaks[self.stage] = max(self.peaks.get(self.stage, 0.0), value)
+
+    def mark(self, name: str) -> None:
+        now = time.perf_counter()
+        self._record()
+        if self.stage in self.starts:
+            self.seconds[self.stage] = round(self.seconds.get(self.stage, 0.0) + now - self.starts[self.stage], 3)
+        self.stage = name
+        self.starts[name] = now
+        self._record()
+
+    def __enter__(self) -> "StageMemory":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def make_embeddings(n: int, folder: Path, seed: int = 0) -> tuple[np.memmap, np.ndarray, np.ndarray, dict]:
+    """Write structured float16 embeddings (n, 512) to ``folder``; return them memory-mapped, labels, centers, truth counts."""
+    rng = np.random.default_rng(seed)
+    c = max(2, n // 10)
+    centers = rng.standard_normal((c, K, D), dtype=np.float32)
+    centers /= np.linalg.norm(centers, axis=2, keepdims=True)
+    labels = np.sort(rng.integers(0, c, n))
+    kind = rng.choice(3, size=n, p=[0.8, 0.1, 0.1])  # 0 clean, 1 close-set, 2 own non-dominant sub-center
+    emb = np.lib.format.open_memmap(folder / "embeddings.npy", mode="w+", dtype=np.float16, shape=(n, D))
+    for s in range(0, n, CHUNK):
+        e = min(n, s + CHUNK)
+        lab, kd = labels[s:e], kind[s:e]
+        target = centers[lab, 0].copy()
+        close = kd == 1
+        target[close] = centers[rng.integers(0, c, int(close.sum())), 0]
+        own = kd == 2
+        target[own] = centers[lab[own], rng.integers(1, K, int(own.sum()))]
+        angle = np.radians(rng.uniform(25, 45, e - s))[:, None]
+        noise = rng.standard_normal((e - s, D), dtype=np.float32)
+        noise -= (noise * target).sum(axis=1, keepdims=True) * target
+        noise /= np.linalg.norm(noise, axis=1, keepdims=True)
+        emb[s:e] = np.cos(angle) * target + np.sin(angle) * noise
+    dups = rng.choice(n - 1, size=max(1, n // 200), replace=False)
+    emb[dups + 1] = emb[dups]
+    emb.flush()
+    del emb
+    truth = {"clean": int((kind == 0).sum()), "close_set": int((kind == 1).sum()), "own_non_dominant": int((kind == 2).sum()), "duplicates_planted": int(len(dups))}
+    return np.load(folder / "embeddings.npy", mmap_mode="r"), labels, centers, truth
+
+
+def run_size(n: int, workdir: Path, settings: PurifySettings) -> dict:
+    t0 = time.perf_counter()
+    emb, labels, centers, truth = make_embeddings(n, workdir)
+    generate = time.perf_counter() - t0
+    with StageMemory() as mem:
+        mem.mark("setup")
+        t0 = time.perf_counter()
+        d = decide(emb, labels, centers, settings, silent=True, stage_hook=mem.mark)
+        total = time.perf_counter() - t0
+        mem.mark("end")
+    stages = {name: {"seconds": d.timings.get(name, mem.seconds.get(name)), "peak_rss_mb": round(mem.peaks.get(name, 0.0), 1)}
+              for name in d.timings}
+    return {
+        "images": n, "identities": int(centers.shape[0]), "k": K, "dim": D, "generate_seconds": round(generate, 2),
+        "decide_seconds": round(total, 2), "stages": stages, "peak_rss_mb": round(max(mem.peaks.values()), 1),
+        "actions": d.action_counts(), "faiss": d.faiss, "outlier_clustering": d.outlier_info,
+        "duplicate_pairs": int(len(d.duplicate_pairs)), "advised_threshold": d.advice["threshold"], "truth": truth,
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sizes", default="10000,100000", help="comma-separated image counts, e.g. 10000,100000,1000000")
+    parser.add_argument("--out", default="bench-out/purify_scale.json", help="JSON output file")
+    parser.add_argument("--workdir", default=None, help="where the float16 embeddings go (default: a temporary folder)")
+    args = parser.parse_args(argv)
+    sizes = [int(s) for s in args.sizes.split(",") if s]
+    settings = PurifySettings()
+    results = []
+    with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
+        for n in sizes:
+            result = run_size(n, Path(tmp), settings)
+            results.append(result)
+            print(f"{n:>9} images, {result['identities']} identities: decide {result['decide_seconds']:.1f} s, peak RSS {result['peak_rss_mb']:.0f} MB "
+                  f"(generation {result['generate_seconds']:.1f} s)", flush=True)
+            for name, stage in result["stages"].items():
+                print(f"           {name:<10} {stage['seconds']:>8.2f} s  {stage['peak_rss_mb']:>8.0f} MB", flush=True)
+            print(f"           actions {result['actions']}  faiss {result['faiss']}", flush=True)
+            (Path(tmp) / "embeddings.npy").unlink()
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    info = {"cpus": os.cpu_count(), "python": platform.python_version(), "machine": platform.machine(),
+            "max_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1), "settings": settings.to_dict()}
+    out.write_text(json.dumps({"info": info, "results": results}, indent=2, sort_keys=True) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
