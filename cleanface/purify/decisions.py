@@ -197,16 +197,17 @@ def merge_groups(
     keep = (cols >= 0) & (cols != rows) & (angles < merge_angle)
     a, b, ang = rows[keep], cols[keep], angles[keep]
     comp = components(m, a, b)
-    sizes = np.bincount(comp)
+    edge_min = np.full(m, np.inf)
+    edge_max = np.full(m, -np.inf)
+    np.minimum.at(edge_min, comp[a], ang)
+    np.maximum.at(edge_max, comp[a], ang)
     groups = []
-    for g in np.flatnonzero(sizes >= 2):
-        members = np.flatnonzero(comp == g)
+    for g, members in members_by_group(comp, min_size=2):
         labels = identities[members]
         into = int(labels[np.lexsort((labels, -counts[labels]))[0]])
         merge_to[labels] = into
-        inside = comp[a] == g
         groups.append({"labels": sorted(int(x) for x in labels), "into": into,
-                       "min_angle": round(float(ang[inside].min()), 4), "max_angle": round(float(ang[inside].max()), 4)})
+                       "min_angle": round(float(edge_min[g]), 4), "max_angle": round(float(edge_max[g]), 4)})
     return merge_to, groups
 
 
@@ -287,6 +288,15 @@ def near_duplicates(embeddings: np.ndarray, finite: np.ndarray, dup_cos: float, 
     key, first = np.unique(key, return_index=True)
     pairs = np.stack([key // n, key % n], axis=1).astype(np.int64) if len(key) else np.zeros((0, 2), np.int64)
     return pairs, sc[first].astype(np.float32)
+
+
+def members_by_group(group: np.ndarray, *, min_size: int = 1) -> list[tuple[int, np.ndarray]]:
+    """``(group id, sorted member positions)`` for each group id >= 0 with at least ``min_size`` members, by id (one sort)."""
+    group = np.asarray(group, dtype=np.int64)
+    order = np.argsort(group, kind="stable")
+    ordered = group[order]
+    ids, starts, sizes = np.unique(ordered, return_index=True, return_counts=True)
+    return [(int(g), order[st : st + sz]) for g, st, sz in zip(ids, starts, sizes) if g >= 0 and sz >= min_size]
 
 
 def _unique_name(base: str, taken: set[str]) -> str:
@@ -435,8 +445,8 @@ def decide(
         local, outlier_info = outlier_groups(embeddings[pool], min_cluster_size=settings.outlier_min_cluster_size,
                                              cap=settings.outlier_cap, seed=settings.seed)
         outlier_group[pool] = local
-        for g in range(int(local.max()) + 1 if len(local) else 0):
-            members = pool[local == g]
+        for g, positions in members_by_group(local):
+            members = pool[positions]
             ids, cnt = np.unique(labels[members], return_counts=True)
             top = np.lexsort((ids, -cnt))[:3]
             entry = {"group": g, "size": int(len(members)), "first_indices": members[:20].tolist(),
