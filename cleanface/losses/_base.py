@@ -64,17 +64,19 @@ class MarginHead(nn.Module):
 
     # -- shared machinery ----------------------------------------------------------------
     def cosine(self, embeddings: torch.Tensor, classes: torch.Tensor | None = None) -> torch.Tensor:
-        """Class cosines in float32: (B, D) -> (B, C), or (B, len(classes)) for a subset.
+        """Class cosines: (B, D) -> (B, C), or (B, len(classes)) for a subset.
 
-        Sub-center cosines are max-pooled over K. Autocast is switched off, so the result
-        is float32 whatever the embeddings' dtype.
+        Sub-center cosines are max-pooled over K. Autocast is switched off and the inputs
+        are promoted to at least float32, so half-precision embeddings give float32
+        cosines (float64 embeddings or weights give float64).
         """
         weight = self.weight
         if classes is not None:
             weight = weight.view(self.num_classes, self.k, -1)[classes].reshape(-1, self.embedding_size)
+        dtype = torch.promote_types(torch.promote_types(embeddings.dtype, weight.dtype), torch.float32)
         with torch.autocast(embeddings.device.type, enabled=False):
-            x = F.normalize(embeddings.float(), dim=1)
-            w = F.normalize(weight.float(), dim=1)
+            x = F.normalize(embeddings.to(dtype), dim=1)
+            w = F.normalize(weight.to(dtype), dim=1)
             cos = x @ w.t()
         if self.k > 1:
             cos = cos.view(cos.shape[0], -1, self.k).amax(dim=2)
@@ -83,7 +85,7 @@ class MarginHead(nn.Module):
     def logits_from_cosine(self, cos: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Scaled logits (B, C') from class cosines (B, C') with the margin on column ``labels``."""
         with torch.autocast(cos.device.type, enabled=False):
-            cos = cos.float()
+            cos = cos.to(torch.promote_types(cos.dtype, torch.float32))
             index = labels.long().unsqueeze(1)
             target = self.target_margin(cos.gather(1, index).squeeze(1))
             return self.scale * cos.scatter(1, index, target.unsqueeze(1))
@@ -101,7 +103,7 @@ class MarginHead(nn.Module):
                 raise DataError(f"head labels must lie in [0, {self.num_classes}), got values from {low} to {high}")
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Logits over all classes with the target margin: (B, D), (B,) -> (B, C) float32."""
+        """Logits over all classes with the target margin: (B, D), (B,) -> (B, C), float32 (float64 for float64 inputs)."""
         self._check(embeddings, labels)
         return self.logits_from_cosine(self.cosine(embeddings), labels)
 
