@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import inspect
-from typing import Any, TypeVar
+from typing import Any, Callable, TypeVar
 
 from cleanface.errors import ConfigError
 from cleanface.losses._base import MarginHead
@@ -13,7 +13,7 @@ _HEADS: dict[str, type[MarginHead]] = {}
 H = TypeVar("H", bound=type[MarginHead])
 
 
-def register_head(name: str):
+def register_head(name: str) -> Callable[[H], H]:
     """Class decorator: register a :class:`MarginHead` subclass under ``name``."""
 
     def wrap(cls: H) -> H:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 
@@ -18,6 +20,13 @@ def _sizes(name: str) -> tuple[int, int]:
     return SIZES.get(name, DEFAULT_SIZES)
 
 
+@functools.cache
+def _model(name: str, size: int) -> torch.nn.Module:
+    """One model per (name, size) for the whole module: building iResNet-100 is the slow part."""
+    torch.manual_seed(0)
+    return create_backbone(name, embedding_size=DIM, input_size=size)
+
+
 CASES = [(name, size) for name in list_backbones() for size in _sizes(name)]
 
 
@@ -27,8 +36,7 @@ def test_registry_holds_the_documented_names() -> None:
 
 @pytest.mark.parametrize(("name", "size"), CASES)
 def test_output_shape_and_attributes(name: str, size: int) -> None:
-    torch.manual_seed(0)
-    model = create_backbone(name, embedding_size=DIM, input_size=size).eval()
+    model = _model(name, size).eval()
     assert (model.embedding_size, model.input_size) == (DIM, size)
     with torch.no_grad():
         out = model(torch.randn(2, 3, size, size))
@@ -43,7 +51,8 @@ def test_output_shape_and_attributes(name: str, size: int) -> None:
 def test_backward_reaches_every_trainable_parameter(name: str) -> None:
     torch.manual_seed(0)
     size = _sizes(name)[0]
-    model = create_backbone(name, embedding_size=DIM, input_size=size).train()
+    model = _model(name, size).train()
+    model.zero_grad(set_to_none=True)
     out = model(torch.randn(2, 3, size, size))
     (out * torch.randn_like(out)).sum().backward()
     missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
@@ -58,8 +67,7 @@ def test_backward_reaches_every_trainable_parameter(name: str) -> None:
 def test_eval_is_deterministic_and_per_sample(name: str) -> None:
     torch.manual_seed(0)
     size = _sizes(name)[0]
-    model = create_backbone(name, embedding_size=DIM, input_size=size)
-    model.train()
+    model = _model(name, size).train()
     with torch.no_grad():  # move the BN running statistics away from their initial values
         model(torch.randn(8, 3, size, size) * 2 + 0.5)
     model.eval()
@@ -75,11 +83,14 @@ def test_eval_is_deterministic_and_per_sample(name: str) -> None:
 def test_channels_last_input_gives_the_same_embedding(name: str) -> None:
     torch.manual_seed(0)
     size = _sizes(name)[0]
-    model = create_backbone(name, embedding_size=DIM, input_size=size).eval()
+    model = _model(name, size).eval()
     x = torch.randn(2, 3, size, size)
     with torch.no_grad():
         ref = model(x)
-        out = model.to(memory_format=torch.channels_last)(x.contiguous(memory_format=torch.channels_last))
+        try:
+            out = model.to(memory_format=torch.channels_last)(x.contiguous(memory_format=torch.channels_last))
+        finally:
+            model.to(memory_format=torch.contiguous_format)
     torch.testing.assert_close(out, ref, rtol=1e-3, atol=1e-3 * ref.abs().max().item())
 
 
