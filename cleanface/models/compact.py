@@ -1,7 +1,8 @@
 """A compact residual face backbone sized for a laptop or a 2-core CPU.
 
 A stride-2 stem and three residual stages (each halving the maps) reduce a 64x64 face
-to 4x4 maps; the head then follows the iResNet recipe (BN -> flatten -> FC -> BN1d)
+to 4x4 maps (below 64 pixels the stem keeps stride 1, so 32x32 faces also end at 4x4);
+the head then follows the iResNet recipe (BN -> flatten -> FC -> BN1d)
 but pools the final maps adaptively to at most ``pool`` x ``pool`` first, so one model
 accepts 32x32, 64x64 or 112x112 input. Convolutions carry the stride on the first 3x3
 conv of a block, so most work runs on the smaller maps. ``width`` scales all channels.
@@ -57,6 +58,8 @@ class CompactNet(nn.Module):
         Residual blocks in each of the three stages.
     pool
         Largest side of the pooled final maps fed to the FC layer.
+    stem_stride
+        Stride of the stem conv (1 or 2); None: 2 for ``input_size`` >= 64, else 1.
     dropout
         Dropout probability before the FC layer.
     """
@@ -69,6 +72,7 @@ class CompactNet(nn.Module):
         depths: tuple[int, int, int] = (1, 2, 2),
         pool: int = 4,
         dropout: float = 0.0,
+        stem_stride: int | None = None,
     ) -> None:
         super().__init__()
         if input_size < 16:
@@ -81,18 +85,22 @@ class CompactNet(nn.Module):
             raise ConfigError(f"compact pool must be at least 1, got {pool}")
         if not 0.0 <= dropout < 1.0:
             raise ConfigError(f"compact dropout must be in [0, 1), got {dropout}")
+        if stem_stride is None:
+            stem_stride = 2 if input_size >= 64 else 1
+        if stem_stride not in (1, 2):
+            raise ConfigError(f"compact stem_stride must be 1 or 2, got {stem_stride}")
         self.embedding_size = embedding_size
         self.input_size = input_size
         widths = [max(8, int(round(w * width / 8)) * 8) for w in _BASE_WIDTHS]
-        self.stem = nn.Sequential(_conv_bn(3, widths[0], 3, 2), nn.PReLU(widths[0]))
+        self.stem = nn.Sequential(_conv_bn(3, widths[0], 3, stem_stride), nn.PReLU(widths[0]))
         stages = []
         cin = widths[0]
         for cout, depth in zip(widths[1:], depths):
             stages.append(nn.Sequential(BasicBlock(cin, cout, 2), *[BasicBlock(cout, cout) for _ in range(depth - 1)]))
             cin = cout
         self.stages = nn.Sequential(*stages)
-        side = input_size
-        for _ in range(4):
+        side = math.ceil(input_size / stem_stride)
+        for _ in range(3):
             side = math.ceil(side / 2)
         self.pool_size = min(pool, side)
         self.bn = nn.BatchNorm2d(cin)
@@ -119,6 +127,7 @@ def compact(
     depths: tuple[int, int, int] = (1, 2, 2),
     pool: int = 4,
     dropout: float = 0.0,
+    stem_stride: int | None = None,
 ) -> CompactNet:
     """Compact residual network (about 0.94M parameters at width 1, 128-d, 64x64 input)."""
-    return CompactNet(embedding_size, input_size, width, tuple(depths), pool, dropout)  # type: ignore[arg-type]
+    return CompactNet(embedding_size, input_size, width, tuple(depths), pool, dropout, stem_stride)  # type: ignore[arg-type]

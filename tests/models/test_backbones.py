@@ -102,7 +102,7 @@ def test_unknown_name_lists_the_valid_names() -> None:
 def test_none_options_are_dropped_and_unknown_options_named() -> None:
     model = create_backbone("compact", embedding_size=16, input_size=32, width=None, dropout=None)
     assert model.fc.out_features == 16
-    with pytest.raises(ConfigError, match="no option depth; its options are: depths, dropout, pool, width"):
+    with pytest.raises(ConfigError, match="no option depth; its options are: depths, dropout, pool, stem_stride, width"):
         create_backbone("compact", embedding_size=16, input_size=32, depth=3)
 
 

@@ -8,13 +8,19 @@ import torch
 from cleanface.models import create_backbone
 
 
-@pytest.mark.parametrize(("size", "pooled"), [(32, 2), (64, 4), (112, 4), (48, 3)])
-def test_final_maps_are_pooled_to_at_most_four(size: int, pooled: int) -> None:
+@pytest.mark.parametrize(("size", "stride", "pooled"), [(32, 1, 4), (64, 2, 4), (112, 2, 4), (48, 1, 4), (16, 1, 2)])
+def test_final_maps_are_pooled_to_at_most_four(size: int, stride: int, pooled: int) -> None:
     model = create_backbone("compact", embedding_size=24, input_size=size).eval()
+    assert model.stem[0][0].stride == (stride, stride)
     assert model.pool_size == pooled
     assert model.fc.in_features == 128 * pooled * pooled
     with torch.no_grad():
         assert model(torch.randn(2, 3, size, size)).shape == (2, 24)
+
+
+def test_stem_stride_can_be_forced() -> None:
+    model = create_backbone("compact", embedding_size=24, input_size=32, stem_stride=2)
+    assert model.pool_size == 2 and model.fc.in_features == 128 * 4
 
 
 def test_a_model_built_for_64_accepts_other_sides() -> None:
