@@ -213,19 +213,16 @@ class _PurifyPages:
                     faces = Markup("").join(self.face(int(r)).html("../") for r in picked)
                     kept = int(np.isin(t.action[g], [ACTIONS.index(a) for a in ("drop", "dedup")], invert=True).sum())
                     sections.append({"title": title, "size": len(g), "kept": kept, "faces": faces, "hidden": len(g) - len(picked)})
-                facts = [
-                    ("images", format_number(int(s.size[code]))),
-                    ("removed (dropped or dedup)", f"{int(s.removed[code]):,} ({100 * s.removed_share[code]:.1f}%)"),
-                    ("angle spread (p90 - p10)", _deg(s.spread[code])),
-                    ("median angle", _deg(s.median[code])),
-                    ("sub-centers used", format_number(int(s.subcenters[code]))),
-                ]
                 actions = np.bincount(t.action[rows], minlength=len(ACTIONS))
-                facts.append(("actions", ", ".join(f"{ACTION_LABELS[a]} {int(c):,}" for a, c in zip(ACTIONS, actions) if c) or "-"))
-                nav = {"prev": f"identities/{code - 1}.html" if code > 0 else None,
-                       "next": f"identities/{code + 1}.html" if code + 1 < len(t.names) else None}
+                facts = " \u00b7 ".join([
+                    f"{int(s.size[code]):,} images", f"{int(s.removed[code]):,} removed ({100 * s.removed_share[code]:.1f}%)",
+                    f"angle spread (p90 - p10) {_deg(s.spread[code])}", f"median angle {_deg(s.median[code])}",
+                    f"{int(s.subcenters[code])} sub-centers used",
+                    ", ".join(f"{ACTION_LABELS[a]} {int(c):,}" for a, c in zip(ACTIONS, actions) if c) or "no images",
+                ])
+                nav = {"prev": f"{code - 1}.html" if code > 0 else None, "next": f"{code + 1}.html" if code + 1 < len(t.names) else None}
                 self.writer.page(f"identities/{code}.html", "purify_identity.html", title=f"Identity {name}", facts=facts,
-                                 sections=sections, nav=nav, legend=ACTION_LABELS)
+                                 sections=sections, nav=nav)
                 progress.advance(task)
 
     # -- identity table -------------------------------------------------------------------

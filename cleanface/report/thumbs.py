@@ -20,6 +20,7 @@ from urllib.parse import quote
 from markupsafe import Markup, escape
 
 THUMB_SIZE = 64
+ACTION_CLASS = {"keep": "k", "drop": "d", "relabel": "r", "merge": "m", "dedup": "u", "new-identity": "n"}
 _REC_LOCATION = re.compile(r"^(?P<rec>.+\.rec)@(?P<offset>\d+)$")
 
 
@@ -34,15 +35,19 @@ class Thumb:
     href: str | None = None
 
     def html(self, root: str) -> Markup:
-        """The ``<figure>`` of this thumbnail; ``root`` leads from the page back to the report folder."""
-        caption = escape(self.caption)
+        """The ``<figure>`` of this thumbnail; ``root`` leads from the page back to the report folder.
+
+        The markup is kept short (it repeats a million times at scale): the figure's
+        class is the action's one-letter code (:data:`ACTION_CLASS`), the caption is
+        its text.
+        """
         if self.src:
-            image = Markup('<img src="{}" loading="lazy" width="64" height="64" alt="image {}">').format(root + self.src, self.index)
+            image = Markup('<img src="{}" loading="lazy" width="64" height="64" alt="">').format(root + self.src)
         else:
-            image = Markup('<span class="ph"></span>')
+            image = Markup("<span></span>")
         if self.href:
             image = Markup('<a href="{}">{}</a>').format(root + self.href, image)
-        return Markup('<figure class="t a-{}">{}<figcaption>{}</figcaption></figure>').format(self.action, image, caption)
+        return Markup('<figure class="{}">{}{}</figure>').format(ACTION_CLASS.get(self.action, "k"), image, self.caption)
 
 
 def rec_location(location: str) -> tuple[str, int] | None:

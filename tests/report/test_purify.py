@@ -62,10 +62,10 @@ def test_identity_page_groups_faces_by_subcenter_dominant_first_sorted_by_angle(
     sections = re.split(r"<h3>", html)[1:]
     assert sections[0].startswith("dominant sub-center 0") and sections[1].startswith("sub-center 1")
     for section, sub in zip(sections, ("0", "1")):
-        captions = re.findall(r"<figcaption>([\d.]+)\u00b0", section)
+        captions = re.findall(r">([\d.]+)\u00b0 ", section)
         expected = sorted((float(r["angle"]) for r in rows if r["nearest_subcenter"] == sub))
         assert [float(c) for c in captions] == pytest.approx([round(a, 1) for a in expected], abs=0.051)
-    assert 'class="t a-drop"' in html and 'class="t a-relabel"' in html
+    assert '<figure class="d">' in html and '<figure class="r">' in html and '<figure class="k">' in html
     assert "relabelled \u2192 bob" in html
 
 
@@ -95,7 +95,7 @@ def test_identity_table_pages_are_sorted_by_each_key(purify_dir):
     assert not (report / "pages" / "identities-size-3.html").exists()
     shares = []
     for p in (1, 2):
-        shares += [float(x) for x in re.findall(r'<td class="n">([\d.]+)%', (report / "pages" / f"identities-dropped-{p}.html").read_text())]
+        shares += [float(x) for x in re.findall(r'<td>([\d.]+)%', (report / "pages" / f"identities-dropped-{p}.html").read_text())]
     assert shares == sorted(shares, reverse=True) and len(shares) == 4
 
 
@@ -120,7 +120,7 @@ def test_placeholders_read_and_write_no_image(purify_dir):
     assert not (report / "thumbs").exists()
     pages = list(report.rglob("*.html"))
     assert all("<img" not in p.read_text() for p in pages)
-    assert 'class="ph"' in (report / "identities" / "0.html").read_text()
+    assert "<span></span>" in (report / "identities" / "0.html").read_text()
     assert broken_links(report) == []
 
 
