@@ -187,3 +187,18 @@ def test_summary_without_candidate_lists_is_tolerated(purify_dir):
     assert "Merge candidates (0)" in text and "Relabel moves (1)" in text
     assert "by noise type" not in index.read_text()
     assert broken_links(index.parent) == []
+
+
+def test_images_are_read_from_the_given_dataset_by_sample_index(tmp_path, purify_dir):
+    rows = _rows(purify_dir)
+    for r in rows:
+        r["location"] = "moved-away/" + Path(r["location"]).name
+    with open(purify_dir / "decisions.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    report = render_purify_report(purify_dir, data=tmp_path / "noisy").parent
+    html = (report / "identities" / "1.html").read_text()  # bob: samples 7..12
+    assert 'src="../thumbs/0/7.jpg"' in html and 'href="../../../noisy/bob/000.png"' in html
+    assert "(unreadable)" not in html
+    assert broken_links(report) == []
