@@ -276,8 +276,10 @@ class _PurifyPages:
             faces = self.typical_faces(code, FACES_PER_MERGE) if code is not None else []
             size = int(self.stats.size[code]) if code is not None else None
             members.append({**self.identity_link(str(name)), "size": size, "faces": faces})
-        if "min_angle" in item or "max_angle" in item:
+        if ("min_angle" in item or "max_angle" in item) and _deg(item.get("min_angle")) != _deg(item.get("max_angle")):
             angle = f"{_deg(item.get('min_angle'))} - {_deg(item.get('max_angle'))}"
+        elif "min_angle" in item or "max_angle" in item:
+            angle = _deg(item.get("min_angle", item.get("max_angle")))
         else:
             angle = _deg(item.get("angle"))
         return {"members": members, "angle": angle, "into": item.get("into"), "applied": item.get("merged", item.get("applied"))}
