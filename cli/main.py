@@ -29,3 +29,7 @@ for _name in _MODULES:
         continue
     for _command in getattr(_module, "COMMANDS", ()):
         cli.add_command(_command)
+
+
+if __name__ == "__main__":
+    cli()

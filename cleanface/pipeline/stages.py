@@ -150,6 +150,7 @@ def _train(ctx: StageContext, final: bool) -> dict[str, Any]:
     data = ctx.upstream("input", "data")
     overrides = _pick(s, TRAIN_KEYS)
     overrides["silent"] = ctx.silent
+    overrides["resume"] = True  # a re-run after an interruption continues from the last checkpoint
     run = ctx.dir / "run"
     if final:
         train_final(data, run, loss=s.get("loss", "elastic-arc+"), **overrides)

@@ -1,0 +1,90 @@
+"""The batches of a training epoch: an order fixed by ``(seed, epoch)``, sliced per rank, resumable.
+
+The plan of an epoch (sample order and flips) depends only on the seed, the epoch and
+the usable samples, so a run resumed at batch ``b`` of epoch ``e`` sees exactly the
+batches the uninterrupted run saw, whatever the number of data workers. Under several
+processes each global batch is split into equal slices, one per rank.
+
+Two ways to materialise a batch: from the decode-once cache in this process (fast on
+small CPUs: one sorted memmap read per batch), or through a DataLoader with workers that
+decode the images (for data too large to cache).
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from cleanface.data.cache import DecodeCache
+from cleanface.data.images import flip_batch, to_tensor_batch
+from cleanface.data.index import DatasetIndex
+from cleanface.data.torch_dataset import FaceDataset, epoch_generator
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+def epoch_plan(samples: np.ndarray, seed: int, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sample order (M,) and flip decisions (M,) of ``epoch`` over the usable ``samples``."""
+    g = epoch_generator(seed, epoch)
+    order = torch.randperm(len(samples), generator=g).numpy()
+    flips = (torch.rand(len(samples), generator=g) < 0.5).numpy()
+    return samples[order], flips[order]
+
+
+def rank_batches(samples: np.ndarray, seed: int, epoch: int, *, global_batch: int, rank: int, world: int, start: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """This rank's ``(sample ids, flips)`` for batches ``start..`` of the epoch (the last partial batch is dropped)."""
+    ids, flips = epoch_plan(samples, seed, epoch)
+    local = global_batch // world
+    for b in range(start, len(samples) // global_batch):
+        lo = b * global_batch + rank * local
+        yield ids[lo : lo + local], flips[lo : lo + local]
+
+
+class BatchSource:
+    """Materialises planned batches as ``(images float32 (B, 3, S, S) in [-1, 1], labels int64 (B,))``.
+
+    Parameters
+    ----------
+    index : DatasetIndex
+    labels : ndarray (N,)
+        Training label of every sample of ``index``.
+    cache : DecodeCache or None
+        Read pixels from this cache; without one, images are decoded by ``workers`` processes.
+    size, crop : int, int or None
+    workers : int
+    """
+
+    def __init__(self, index: DatasetIndex, labels: np.ndarray, *, cache: DecodeCache | None, size: int, crop: int | None, workers: int = 0) -> None:
+        self.index = index
+        self.labels = torch.from_numpy(np.asarray(labels, dtype=np.int64))
+        self.cache = cache
+        self.workers = workers
+        self.dataset = FaceDataset(index, size=size, crop=crop, train=True, cache=cache)
+        self._pos = np.full(len(index), -1, dtype=np.int64)
+        self._pos[self.dataset.samples] = np.arange(len(self.dataset.samples))
+
+    @property
+    def samples(self) -> np.ndarray:
+        """Usable sample ids (those the cache could decode; all of them without a cache)."""
+        return self.dataset.samples
+
+    def iterate(self, planned: Iterator[tuple[np.ndarray, np.ndarray]]) -> Iterator[Batch]:
+        if self.cache is not None and self.workers == 0:
+            yield from self._from_cache(planned)
+            return
+        batches = [[(int(p), bool(f)) for p, f in zip(self._pos[ids], flips)] for ids, flips in planned]
+        loader = DataLoader(self.dataset, batch_sampler=batches, num_workers=self.workers, pin_memory=torch.cuda.is_available())
+        for images, labels, _ in loader:
+            yield images, labels
+
+    def _from_cache(self, planned: Iterator[tuple[np.ndarray, np.ndarray]]) -> Iterator[Batch]:
+        pixels = self.cache.images
+        for ids, flips in planned:
+            order = np.argsort(ids, kind="stable")  # contiguous reads; order within a batch does not matter
+            ids, flips = ids[order], flips[order]
+            x = to_tensor_batch(pixels[ids])
+            flip_batch(x, torch.from_numpy(flips))
+            yield x, self.labels[torch.from_numpy(ids)]

@@ -1,0 +1,80 @@
+"""Checkpoints are data, not code: written atomically, read with ``weights_only=True``.
+
+A training checkpoint holds the model and optimiser state, the step, and every random
+number generator state, so that a resumed run continues exactly where it stopped.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from cleanface._atomic import atomic_write_bytes
+from cleanface.errors import CheckpointError
+
+
+def save(obj: dict[str, Any], path: str | os.PathLike) -> None:
+    """``torch.save`` into memory, then an atomic write: a crash never leaves half a file."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def load(path: str | os.PathLike, *, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint safely; anything but tensors and plain containers is refused.
+
+    Raises
+    ------
+    CheckpointError
+        Missing, truncated or corrupted files, and files carrying pickled code.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"checkpoint {path} was refused: it is not plain weights data ({first[:160]})") from None
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError) as exc:
+        raise CheckpointError(f"checkpoint {path} is unreadable or corrupted ({type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''})") from None
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"checkpoint {path} holds a {type(obj).__name__}, expected a dict of states")
+    return obj
+
+
+def rng_state() -> dict[str, Any]:
+    """The state of every generator a training step may draw from (torch, CUDA, numpy, random)."""
+    np_state = np.random.get_state()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"key": np_state[0], "keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                  "has_gauss": int(np_state[3]), "gauss": float(np_state[4])},
+        "python": _python_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _python_state() -> list[Any]:
+    version, internal, gauss = random.getstate()
+    return [int(version), torch.tensor(internal, dtype=torch.int64), gauss]
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what :func:`rng_state` captured."""
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state((n["key"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(int(v) for v in internal.tolist()), gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
