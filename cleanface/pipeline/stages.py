@@ -8,6 +8,7 @@ Library imports happen inside the stage functions so that the engine stays light
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -129,7 +130,11 @@ def _synthetic_outside(ctx: StageContext, source) -> Any:
 
     data_stage = ctx.settings.get("input")
     size = int(ctx.outputs.get(data_stage, {}).get("size", 0)) or _image_size(source)
-    folder = make_synthetic(ctx.dir / "outside", identities=max(20, source.num_identities // 2), per_identity=8, size=size, seed=7_777_777, name_prefix="outside", silent=ctx.silent)
+    rate = float(ctx.settings.get("open_set", 0))
+    needed = math.ceil(rate * len(source) / max(1e-9, 1.0 - rate))  # open-set images are added on top of the set
+    identities = max(20, source.num_identities // 2)
+    per_identity = max(8, math.ceil(needed / identities) + 1)
+    folder = make_synthetic(ctx.dir / "outside", identities=identities, per_identity=per_identity, size=size, seed=7_777_777, name_prefix="outside", silent=ctx.silent)
     return open_dataset(folder)
 
 
