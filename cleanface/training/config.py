@@ -45,7 +45,7 @@ class TrainConfig:
     epochs, lr, momentum, weight_decay, warmup_epochs, schedule, power
         SGD with linear warm-up, then polynomial (``power``) or cosine decay per step.
     grad_clip : float or None
-        Gradient-norm clip on the backbone (5 in the reference recipe).
+        Gradient-norm clip on the backbone (5 in the reference recipe; 0 or None: off).
     amp : {"auto", "off", "bf16", "fp16"}
         ``auto``: fp16 with a grad scaler on CUDA (bf16 where supported), off on CPU.
     channels_last, compile : bool or None
@@ -125,8 +125,10 @@ class TrainConfig:
             raise ConfigError(f"lr must be positive, got {c.lr}")
         if c.warmup_epochs < 0 or c.weight_decay < 0 or not 0 <= c.momentum < 1:
             raise ConfigError("warmup_epochs and weight_decay must be >= 0 and momentum in [0, 1)")
+        if c.grad_clip == 0:
+            c.grad_clip = None  # 0 turns clipping off (TOML has no null)
         if c.grad_clip is not None and not c.grad_clip > 0:
-            raise ConfigError(f"grad_clip must be positive (or unset), got {c.grad_clip}")
+            raise ConfigError(f"grad_clip must be positive, or 0 / unset for no clipping, got {c.grad_clip}")
         if c.crop is not None and (isinstance(c.crop, bool) or not isinstance(c.crop, int) or c.crop < 1):
             raise ConfigError(f"crop must be a positive integer or unset, got {c.crop!r}")
         if (c.val_pairs is None) != (c.val_images is None) and c.val_pairs is not None and not str(c.val_pairs).endswith(".bin"):

@@ -44,7 +44,7 @@ def write_names(run_dir: Path, names: list[str]) -> None:
 def build_models(config: dict[str, Any], num_classes: int) -> tuple[nn.Module, nn.Module]:
     """A fresh backbone and a single-process head for ``config``."""
     backbone = create_backbone(config["backbone"], embedding_size=int(config["embedding_size"]), input_size=int(config["input_size"]))
-    kw = {k: config.get(k) for k in ("k", "margin", "scale", "sigma")}
+    kw = {k: v for k, v in config.get("head_kwargs", {}).items() if k != "sample_rate"}  # evaluation uses every class
     head = create_head(config["head"], int(config["embedding_size"]), num_classes, **kw)
     return backbone, head
 
