@@ -12,7 +12,9 @@ decode the images (for data too large to cache).
 
 from __future__ import annotations
 
-from typing import Iterator
+import queue
+import threading
+from typing import Iterator, TypeVar
 
 import numpy as np
 import torch
@@ -24,6 +26,47 @@ from cleanface.data.index import DatasetIndex
 from cleanface.data.torch_dataset import FaceDataset, epoch_generator
 
 Batch = tuple[torch.Tensor, torch.Tensor]
+T = TypeVar("T")
+_DONE = object()
+
+
+def prefetch(items: Iterator[T], depth: int = 2) -> Iterator[T]:
+    """Produce ``items`` in a background thread, ``depth`` ahead of the consumer, in the same order.
+
+    Reading a batch from the cache memmap and converting it to floats overlaps with the
+    training step (both release the GIL for most of their work). Errors are re-raised in
+    the consumer; a consumer that stops early stops the thread.
+    """
+    box: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        box.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            box.put(_DONE)
+        except BaseException as exc:  # handed to the consumer
+            box.put(exc)
+
+    thread = threading.Thread(target=produce, name="cleanface-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = box.get()
+            if item is _DONE:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
 
 
 def epoch_plan(samples: np.ndarray, seed: int, epoch: int) -> tuple[np.ndarray, np.ndarray]:
@@ -73,7 +116,7 @@ class BatchSource:
 
     def iterate(self, planned: Iterator[tuple[np.ndarray, np.ndarray]]) -> Iterator[Batch]:
         if self.cache is not None and self.workers == 0:
-            yield from self._from_cache(planned)
+            yield from prefetch(self._from_cache(planned))
             return
         batches = [[(int(p), bool(f)) for p, f in zip(self._pos[ids], flips)] for ids, flips in planned]
         loader = DataLoader(self.dataset, batch_sampler=batches, num_workers=self.workers, pin_memory=torch.cuda.is_available())
