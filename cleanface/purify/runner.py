@@ -188,6 +188,7 @@ def purify(
     copy: bool = False,
     device: str = "cpu",
     silent: bool = False,
+    report: bool = True,
 ) -> Path:
     """Purify the dataset ``data`` with the sub-centers of the run ``run_dir``; write the result to ``out``.
 
@@ -209,6 +210,9 @@ def purify(
         and F1 of the flags to the summary.
     copy : bool
         Copy image files instead of hard-linking them.
+    device, silent : str, bool
+    report : bool
+        Render the inspection report into ``out/report/`` (``cleanface report`` can redo it).
 
     Returns
     -------
@@ -272,6 +276,10 @@ def purify(
             "truth": None if truth is None else str(truth), "device": device, "started": started, "finished": time.time(),
             "seconds": timings, "python": platform.python_version(),
         })
+        if report:
+            from cleanface.report.purify import render_purify_report
+
+            render_purify_report(stage, data=opened, silent=silent)
         mark_complete(stage, {"images_after": int(decisions.kept.sum())})
     return out
 

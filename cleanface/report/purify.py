@@ -361,7 +361,7 @@ class _PurifyPages:
             ("identities", sm.get("identities_before"), sm.get("identities_after")),
         ]
         self.writer.finish(
-            "purify_index.html", title=f"Purification of {info.get('data') or clean_dir.name}", clean_dir=str(clean_dir), cards=cards,
+            "purify_index.html", title=f"Purification of {info.get('data') or clean_dir.name}", clean_dir=info.get("out") or str(clean_dir), cards=cards,
             threshold=threshold, advised=advised, histogram=safe_svg(hist), action_rows=action_rows, reasons=sorted((sm.get("reasons") or {}).items()),
             quality=quality, per_type=per_type, top=top, lists=lists, keys=SORT_KEYS, settings=settings, faiss=sorted(faiss.items()),
             identities=len(t.names), images=len(t), legend=ACTION_LABELS, thumbs_failed=self.thumbs.failed,
