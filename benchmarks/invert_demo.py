@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--k", type=int, default=3, help="sub-centers of the synthetic model")
     parser.add_argument("--train-steps", type=int, default=300, help="training steps of the synthetic model")
     parser.add_argument("--steps", type=int, default=600, help="inversion steps")
-    parser.add_argument("--bn-weight", type=float, default=0.02, help="weight of the BatchNorm prior")
+    parser.add_argument("--bn-weight", type=float, default=0.002, help="weight of the BatchNorm prior")
     parser.add_argument("--tv-weight", type=float, default=1.0, help="weight of the total-variation prior")
     parser.add_argument("--jitter", type=int, help="largest random shift per step (default: image side // 10)")
     parser.add_argument("--no-flip", dest="flip", action="store_false", help="no random mirroring during the optimisation")

@@ -21,7 +21,7 @@ from cleanface_cli._common import console, handle_errors, seed_option, silent_op
 @click.option("--out", "out_dir", type=click.Path(), required=True, help="Output folder for the PNGs and inversion.json.")
 @click.option("--steps", type=click.IntRange(min=1), default=300, show_default=True, help="Optimisation steps.")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=0.1, show_default=True, help="Adam learning rate (cosine decay).")
-@click.option("--bn-weight", type=click.FloatRange(min=0), default=0.02, show_default=True, help="Weight of the BatchNorm prior.")
+@click.option("--bn-weight", type=click.FloatRange(min=0), default=0.002, show_default=True, help="Weight of the BatchNorm prior.")
 @click.option("--no-bn-prior", is_flag=True, help="Turn the BatchNorm prior off (same as --bn-weight 0).")
 @click.option("--tv-weight", type=click.FloatRange(min=0), default=0.05, show_default=True, help="Weight of the smoothness (total variation) prior.")
 @click.option("--jitter", type=click.IntRange(min=0), default=None, help="Largest random shift per step in pixels [default: image side // 32, at least 1].")

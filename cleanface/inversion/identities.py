@@ -314,7 +314,7 @@ def invert_identities(
     rows: str | None = None,
     steps: int = 300,
     lr: float = 0.1,
-    bn_weight: float = 0.02,
+    bn_weight: float = 0.002,
     seed: int = 0,
     device: str = "cpu",
     batch_size: int = 32,

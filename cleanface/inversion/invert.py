@@ -1,18 +1,31 @@
 """Synthesise images whose embeddings match target vectors, with the BatchNorm prior.
 
-Notation: M targets, D embedding size, S image side. Starting from noise, the pixels
-of M images are optimised jointly with Adam so that
+Notation: M targets, D embedding size, S image side, T steps. Starting from noise, the
+pixels of M images are optimised jointly with Adam; step i (0-based) minimises
 
-    loss = cos_weight * mean_i (1 - cos(f(x_i), t_i))
-         + bn_weight  * R_bn(x)                 (see :mod:`cleanface.inversion.bn_prior`)
-         + tv_weight  * TV(x) + l2_weight * mean(x^2)
+    loss_i = c_i * mean_m (1 - cos(f(x_m), t_m))
+           + bn_weight  * R_bn(x)                 (see :mod:`cleanface.inversion.bn_prior`)
+           + tv_weight  * TV(x) + l2_weight * mean(x^2)
+
+    c_i = cos_weight * (1 + (COS_RAMP - 1) * i / (T - 1))        (c_0 = cos_weight when T = 1)
 
 where f is the frozen backbone in eval mode (its BatchNorm running statistics are the
 prior, taken over the batch of M images), TV the mean squared difference between
 neighbouring pixels, and x = tanh(z) keeps the pixels in [-1, 1] while z is free.
-Each step shifts the batch by a random offset of up to ``jitter`` pixels (circularly)
-and (optionally) mirrors it, so that the images cannot hide their identity in pixel-exact
-patterns. The learning rate follows a cosine decay to zero.
+The weight of the embedding term rises linearly from ``cos_weight`` to
+``COS_RAMP * cos_weight``: early on the priors shape the images, at the end the
+targets dominate. Each step shifts the batch by a random offset of up to ``jitter``
+pixels (circularly) and (optionally) mirrors it, so that the images cannot hide their
+identity in pixel-exact patterns. The learning rate follows a cosine decay to zero.
+
+On the default weights: R_bn is a sum of norms, whose gradient does not shrink as the
+statistics approach the running ones, while that of 1 - cos vanishes at the target. A
+strong prior therefore holds the images at an angle from their targets without buying
+closer statistics: with the 6-identity, 32x32 model of the inversion tests and 300
+steps, R_bn of the final images ends between about 42 and 50 for any ``bn_weight``
+from 0.001 to 0.02 (about 220 without the prior, 160 to 290 for batches of six real
+training images), while the smallest final cosine falls from about 0.99 to about 0.87.
+Hence the default of 0.002.
 
 The result is reported on what is written out: the images are rounded to uint8 and
 embedded again (no shift, no flip) to give the final cosines.
@@ -39,6 +52,9 @@ from cleanface.progress import make_progress
 #: the loss terms recorded per step in :attr:`InversionResult.history`
 HISTORY_KEYS = ("loss", "cos", "bn", "tv", "l2")
 
+#: the weight of the embedding term rises linearly to this multiple of ``cos_weight`` over the steps
+COS_RAMP = 3.0
+
 
 @dataclass
 class InversionResult:
@@ -51,7 +67,7 @@ class InversionResult:
     final_cos : ndarray of shape (M,), float32
         Cosine between the embedding of each written (uint8) image and its target.
     history : dict of str to list of float
-        Per-step values of ``loss`` (weighted total), ``cos`` (mean cosine of the
+        Per-step values of ``loss`` (weighted total, with that step's embedding weight), ``cos`` (mean cosine of the
         shifted/flipped batch), ``bn`` (R_bn, recorded even when its weight is 0),
         ``tv`` and ``l2``; each list has ``steps`` entries.
     bn_distance : float
@@ -149,7 +165,7 @@ def invert(
     size: int,
     steps: int = 300,
     lr: float = 0.1,
-    bn_weight: float = 0.02,
+    bn_weight: float = 0.002,
     cos_weight: float = 1.0,
     tv_weight: float = 0.05,
     l2_weight: float = 0.01,
@@ -178,7 +194,8 @@ def invert(
     lr : float
         Initial Adam learning rate on the tanh-space pixels (cosine decay to 0).
     bn_weight, cos_weight, tv_weight, l2_weight : float
-        Weights of the loss terms (see the module docstring); ``bn_weight=0`` turns the
+        Weights of the loss terms (see the module docstring: the embedding term's weight
+        rises from ``cos_weight`` to ``COS_RAMP * cos_weight``); ``bn_weight=0`` turns the
         BN prior off (its value is still recorded).
     jitter : int, optional
         Largest random shift per step, in pixels (0: none; default ``max(1, size // 32)``).
@@ -240,7 +257,8 @@ def invert(
             bn = prior.loss() if prior is not None else torch.zeros((), device=dev)
             tv = _tv(x)
             l2 = x.pow(2).mean()
-            loss = cos_weight * (1 - cos).mean() + bn_weight * bn + tv_weight * tv + l2_weight * l2
+            ramp = 1.0 + (COS_RAMP - 1.0) * i / max(1, steps - 1)
+            loss = cos_weight * ramp * (1 - cos).mean() + bn_weight * bn + tv_weight * tv + l2_weight * l2
             if not torch.isfinite(loss):
                 raise TrainingError(f"inversion loss became {float(loss)} at step {i}; lower the learning rate")
             optimiser.zero_grad(set_to_none=True)

@@ -8,6 +8,7 @@ import torch
 
 from cleanface.errors import ConfigError
 from cleanface.inversion import bn_distance, embed_images, invert
+from cleanface.inversion.invert import COS_RAMP
 from tests.inversion.conftest import SIZE
 
 
@@ -34,7 +35,8 @@ def targets(trained) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def with_prior(trained, targets):
-    return invert(trained.backbone, targets, size=SIZE, steps=300, bn_weight=0.02, seed=0)
+    """The default weights (BN prior on)."""
+    return invert(trained.backbone, targets, size=SIZE, steps=300, seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -85,6 +87,15 @@ def test_without_the_prior_images_stray_from_training_statistics(trained, with_p
     assert off > 1.5 * on, (on, off)
     # the recorded bn term still fell less without the prior
     assert without_prior.history["bn"][-1] > 2 * with_prior.history["bn"][-1]
+
+
+def test_loss_history_follows_the_documented_weights(trained, targets):
+    w = {"cos_weight": 2.0, "bn_weight": 0.01, "tv_weight": 0.3, "l2_weight": 0.05}
+    r = invert(trained.backbone, targets[:2], size=SIZE, steps=5, seed=0, **w)
+    h = {k: np.asarray(v) for k, v in r.history.items()}
+    ramp = 1 + (COS_RAMP - 1) * np.arange(5) / 4  # the embedding weight rises from cos_weight to COS_RAMP * cos_weight
+    expected = w["cos_weight"] * ramp * (1 - h["cos"]) + w["bn_weight"] * h["bn"] + w["tv_weight"] * h["tv"] + w["l2_weight"] * h["l2"]
+    np.testing.assert_allclose(h["loss"], expected, rtol=1e-5)
 
 
 def test_same_seed_same_images_on_cpu(trained, targets):
