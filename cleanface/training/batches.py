@@ -21,7 +21,6 @@ import torch
 from torch.utils.data import DataLoader
 
 from cleanface.data.cache import DecodeCache
-from cleanface.data.images import flip_batch, to_tensor_batch
 from cleanface.data.index import DatasetIndex
 from cleanface.data.torch_dataset import FaceDataset, epoch_generator
 
@@ -128,6 +127,20 @@ class BatchSource:
         for ids, flips in planned:
             order = np.argsort(ids, kind="stable")  # contiguous reads; order within a batch does not matter
             ids, flips = ids[order], flips[order]
-            x = to_tensor_batch(pixels[ids])
-            flip_batch(x, torch.from_numpy(flips))
-            yield x, self.labels[torch.from_numpy(ids)]
+            yield _cached_batch(pixels[ids], flips), self.labels[torch.from_numpy(ids)]
+
+
+def _cached_batch(raw: np.ndarray, flips: np.ndarray) -> torch.Tensor:
+    """uint8 (B, H, W, 3) -> float32 (B, 3, H, W) in [-1, 1], mirrored where ``flips``.
+
+    numpy, not torch: this runs in the prefetch thread, and torch operations there would
+    start a second pool of compute threads competing with the training step for the cores.
+    The values equal :func:`~cleanface.data.images.to_tensor_batch` then
+    :func:`~cleanface.data.images.flip_batch` bit for bit (same float32 division and subtraction).
+    """
+    if flips.any():
+        raw[flips] = raw[flips][:, :, ::-1]
+    out = np.empty((raw.shape[0], 3, raw.shape[1], raw.shape[2]), dtype=np.float32)
+    np.divide(raw.transpose(0, 3, 1, 2), np.float32(127.5), out=out, dtype=np.float32)
+    np.subtract(out, np.float32(1.0), out=out)
+    return torch.from_numpy(out)
