@@ -6,14 +6,17 @@ Nothing cleanface writes ever looks complete when it is not:
   :func:`os.replace` once flushed and fsynced (:func:`atomic_write`);
 * output directories are built under a hidden staging name and renamed into place
   when complete (:func:`staging_dir`), with a ``COMPLETE`` marker written last;
-* a run directory is guarded by a lock file holding the owner's pid
-  (:class:`RunLock`); a lock left by a dead process is taken over.
+* an output directory is guarded by a lock file holding the owner's pid
+  (:class:`RunLock`, ``flock`` underneath); a lock left by a dead process is taken over;
+* what a killed writer leaves (``.<name>.tmp-<pid>``, ``.<name>.old-<pid>``) is removed
+  by the next writer of the same target.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import json
 import os
 import shutil
@@ -35,7 +38,8 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO[Any]]
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = path.with_name(f".{path.name}{_TMP}{os.getpid()}")
+    _remove_dead_siblings(path.parent, f".{path.name}{_TMP}")
     encoding = None if "b" in mode else "utf-8"
     try:
         with open(tmp, mode, encoding=encoding) as handle:
@@ -45,7 +49,7 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO[Any]]
         os.replace(tmp, path)
     except OSError as exc:
         _unlink_quietly(tmp)
-        if exc.errno == errno.ENOSPC:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             raise CleanfaceError(f"no space left on device while writing {path}; the previous version is intact") from exc
         raise
     except BaseException:
@@ -85,6 +89,33 @@ def _unlink_quietly(path: Path) -> None:
         path.unlink()
 
 
+_TMP = ".tmp-"
+_OLD = ".old-"
+
+
+def _remove_dead_siblings(folder: Path, prefix: str) -> None:
+    """Remove entries of ``folder`` named ``<prefix><pid>`` whose process is gone.
+
+    A process killed in the middle of :func:`atomic_write` leaves its temporary file
+    (``.<name>.tmp-<pid>``); one killed between the two renames of :func:`staging_dir`
+    leaves the previous output under ``.<name>.old-<pid>``. The next writer of the same
+    target clears what dead processes left; files of live processes are not touched.
+    """
+    try:
+        with os.scandir(folder) as entries:
+            found = [e for e in entries if e.name.startswith(prefix)]
+    except OSError:
+        return
+    for entry in found:
+        pid = entry.name[len(prefix):]
+        if not pid.isdigit() or int(pid) == os.getpid() or _pid_alive(int(pid)):
+            continue
+        if entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(entry.path, ignore_errors=True)
+        else:
+            _unlink_quietly(Path(entry.path))
+
+
 def is_complete(directory: str | os.PathLike) -> bool:
     """True when ``directory`` carries the ``COMPLETE`` marker written last by a finished stage."""
     return (Path(directory) / COMPLETE_MARKER).is_file()
@@ -116,9 +147,10 @@ def staging_dir(out: str | os.PathLike, *, overwrite: bool = False) -> Iterator[
     out = check_output_dir(out, overwrite=overwrite)
     stage = out.with_name(f".{out.name}.partial")
     stage.mkdir(parents=True, exist_ok=True)
+    _remove_dead_siblings(out.parent, f".{out.name}{_OLD}")
     yield stage
     if out.exists():
-        trash = out.with_name(f".{out.name}.old-{os.getpid()}")
+        trash = out.with_name(f".{out.name}{_OLD}{os.getpid()}")
         os.replace(out, trash)
         os.replace(stage, out)
         shutil.rmtree(trash, ignore_errors=True)
@@ -136,41 +168,86 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-class RunLock:
-    """An exclusive lock file (``.cleanface.lock``) guarding a run directory.
+_HELD: set[str] = set()  # lock files this process holds (a nested RunLock of the same file is a no-op)
 
-    The file holds ``{"pid": ..., "host": ...}``. A second process is refused with a
-    message naming the holder; a lock whose process is gone is taken over.
+
+class RunLock:
+    """An exclusive lock guarding an output directory, held by one process at a time.
+
+    The lock file (``.cleanface.lock`` in the directory by default) holds
+    ``{"pid": ..., "host": ...}`` of its holder, for the message that refuses a second
+    process. Exclusivity itself comes from ``flock`` on that file: the operating system
+    drops it when the holder ends in any way (SIGKILL included), so a lock file left by a
+    dead process is simply taken over, and a holder on another machine sharing the
+    filesystem is never mistaken for a dead one. On filesystems without ``flock`` the
+    pid in the file decides instead (a holder on this host that is gone is taken over).
     """
 
     NAME = ".cleanface.lock"
 
-    def __init__(self, directory: str | os.PathLike) -> None:
-        self.path = Path(directory) / self.NAME
+    def __init__(self, directory: str | os.PathLike, *, name: str = NAME, what: str | os.PathLike | None = None) -> None:
+        self.path = Path(directory) / name
+        self.what = str(what if what is not None else directory)
         self.held = False
+        self._fd: int | None = None
+
+    @classmethod
+    def beside(cls, out: str | os.PathLike) -> "RunLock":
+        """A lock for the output ``out`` kept next to it (``.<name>.lock``), for outputs that appear by a rename."""
+        out = Path(out)
+        return cls(out.parent, name=f".{out.name}.lock", what=out)
 
     def acquire(self) -> "RunLock":
+        key = os.path.abspath(self.path)
+        if key in _HELD:
+            return self
         self.path.parent.mkdir(parents=True, exist_ok=True)
         me = {"pid": os.getpid(), "host": socket.gethostname()}
+        for _ in range(50):
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = _read_holder_fd(fd)
+                os.close(fd)
+                raise LockError(self._refusal(holder, me)) from None
+            except OSError:  # this filesystem has no flock
+                os.close(fd)
+                return self._acquire_by_pid(me)
+            try:
+                current = os.stat(self.path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                current = False
+            if not current:  # the previous holder removed the file between our open and flock: try again
+                os.close(fd)
+                continue
+            os.ftruncate(fd, 0)
+            os.write(fd, json.dumps(me).encode())
+            self._fd, self.held = fd, True
+            _HELD.add(key)
+            return self
+        raise LockError(f"could not take the lock {self.path}")
+
+    def _refusal(self, holder: dict, me: dict) -> str:
+        pid = holder.get("pid", "?")
+        where = f" on {holder['host']}" if holder.get("host") not in (None, me["host"]) else ""
+        return f"{self.what} is in use by process {pid}{where}; wait for it to finish or choose another output directory"
+
+    def _acquire_by_pid(self, me: dict) -> "RunLock":
         for _ in range(2):
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
                 holder = self._read_holder()
-                same_host = holder.get("host") == me["host"]
                 pid = int(holder.get("pid", -1))
-                if pid == me["pid"]:
-                    self.held = True
-                    return self
-                if same_host and pid > 0 and _pid_alive(pid):
-                    raise LockError(
-                        f"{self.path.parent} is in use by process {pid}; wait for it to finish or choose another output directory"
-                    )
+                if pid > 0 and pid != me["pid"] and (holder.get("host") != me["host"] or _pid_alive(pid)):
+                    raise LockError(self._refusal(holder, me)) from None
                 _unlink_quietly(self.path)  # stale: the holder is dead
                 continue
             with os.fdopen(fd, "w") as handle:
                 json.dump(me, handle)
             self.held = True
+            _HELD.add(os.path.abspath(self.path))
             return self
         raise LockError(f"could not take the lock {self.path}")
 
@@ -182,11 +259,22 @@ class RunLock:
 
     def release(self) -> None:
         if self.held:
-            _unlink_quietly(self.path)
+            _unlink_quietly(self.path)  # still locked: a process that opened the old file sees it is gone
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
             self.held = False
+            _HELD.discard(os.path.abspath(self.path))
 
     def __enter__(self) -> "RunLock":
         return self.acquire()
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+def _read_holder_fd(fd: int) -> dict:
+    try:
+        return json.loads(os.pread(fd, 4096, 0) or b"{}")
+    except (OSError, ValueError):
+        return {}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 from typing import Any, Callable
 
@@ -11,10 +12,11 @@ from rich.console import Console
 from cleanface.errors import CleanfaceError
 
 console = Console()
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn library errors into one-line click errors (exit status 1, no traceback)."""
+    """Turn library errors, and a full disk, into one-line click errors (exit status 1, no traceback)."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -24,6 +26,13 @@ def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
             raise click.ClickException(str(exc)) from None
         except KeyboardInterrupt:
             raise click.ClickException("interrupted; finished work is kept and a re-run resumes") from None
+        except OSError as exc:
+            if exc.errno not in _DISK_FULL:
+                raise
+            where = f" while writing {exc.filename}" if exc.filename else ""
+            raise click.ClickException(
+                f"no space left on device{where}; outputs are replaced only when complete, so the previous ones are intact: free space and re-run"
+            ) from None
 
     return wrapper
 

@@ -86,11 +86,15 @@ def _check_image(path: str) -> str | None:
         return "not a regular file"
     if st.st_size == 0:
         return "zero-byte file"
+    from cleanface.data.images import MAX_IMAGE_PIXELS
+
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             with Image.open(path) as img:
-                img.size  # noqa: B018  (header parsed by open)
+                width, height = img.size  # header parsed by open
+    except Image.DecompressionBombError:
+        return f"too many pixels (possible decompression bomb; the limit is {MAX_IMAGE_PIXELS:,})"
     except UnidentifiedImageError:
         return "not an image (PIL cannot identify it)"
     except OSError as exc:
@@ -99,6 +103,8 @@ def _check_image(path: str) -> str | None:
         return f"cannot read: {exc.strerror or exc}"
     except Exception as exc:  # PIL raises assorted errors on corrupt headers
         return f"corrupt image header: {type(exc).__name__}"
+    if width * height > MAX_IMAGE_PIXELS:
+        return f"{width}x{height} pixels: too many (possible decompression bomb; the limit is {MAX_IMAGE_PIXELS:,})"
     return None
 
 

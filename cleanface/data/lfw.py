@@ -34,14 +34,26 @@ def _lines(path: str | os.PathLike) -> list[tuple[int, list[str]]]:
     return [(n, line.split()) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
 
 
+_MAX_NUMBER = 10**6  # counts and image numbers above this are mistakes (LFW's largest is 530), not data
+
+
 def _int(path: str | os.PathLike, lineno: int, value: str, what: str, *, minimum: int = 0) -> int:
     try:
         out = int(value)
     except ValueError:
-        raise DataError(f"{path} line {lineno}: {what} must be an integer, got {value!r}") from None
+        raise DataError(f"{path} line {lineno}: {what} must be an integer, got {value[:40]!r}") from None
     if out < minimum:
         raise DataError(f"{path} line {lineno}: {what} must be at least {minimum}, got {out}")
+    if out > _MAX_NUMBER:
+        raise DataError(f"{path} line {lineno}: {what} must be at most {_MAX_NUMBER:,}, got {value[:40]}")
     return out
+
+
+def _name(path: str | os.PathLike, lineno: int, value: str) -> str:
+    """A person's name, which becomes a folder name: no ``/``, NUL, ``.`` or ``..`` (nothing outside the images folder)."""
+    if value in (".", "..") or "/" in value or "\0" in value:
+        raise DataError(f"{path} line {lineno}: {value[:60]!r} is not a person's name (it would point outside the images folder)")
+    return value
 
 
 def _take(path: str | os.PathLike, lines: list[tuple[int, list[str]]], pos: int, count: int) -> None:
@@ -84,7 +96,7 @@ def read_people(path: str | os.PathLike) -> list[tuple[str, int]]:
         for lineno, fields in lines[pos : pos + count]:
             if len(fields) != 2:
                 raise DataError(f"{path} line {lineno}: expected 'name  n_images', got {' '.join(fields)[:60]!r}")
-            out.append((fields[0], _int(path, lineno, fields[1], "image count", minimum=1)))
+            out.append((_name(path, lineno, fields[0]), _int(path, lineno, fields[1], "image count", minimum=1)))
         pos += count
     if pos != len(lines):
         raise DataError(f"{path} line {lines[pos][0]}: unexpected extra line after {len(out)} entries")
@@ -151,8 +163,8 @@ def read_pairs(path: str | os.PathLike) -> Pairs:
             if len(fields) != 4:
                 raise DataError(f"{path} line {lineno}: expected a mismatched pair 'name1  i  name2  j', got {' '.join(fields)[:60]!r}")
             a, i, b, j = fields
-        name1.append(a)
-        name2.append(b)
+        name1.append(_name(path, lineno, a))
+        name2.append(_name(path, lineno, b))
         n1.append(_int(path, lineno, i, "image number", minimum=1))
         n2.append(_int(path, lineno, j, "image number", minimum=1))
         same.append(matched)

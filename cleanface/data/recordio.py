@@ -28,6 +28,7 @@ import math
 import mmap
 import os
 import struct
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -226,27 +227,48 @@ def iter_records(buf: bytes | mmap.mmap, *, name: str = "<rec>") -> Iterator[tup
 
 
 class _FdCache:
-    """Open file descriptors of ``.rec`` files, reopened after a fork or a change of the file."""
+    """Open file descriptors of ``.rec`` files, reopened after a fork or a change of the file.
+
+    A cached descriptor is used (or closed) only while ``fstat`` shows it still refers
+    to the file it was opened for: should its number ever be closed and reused elsewhere
+    in the process, it is reopened rather than read from, and the other owner's file is
+    left alone. A lock makes the cache safe to share between threads.
+    """
 
     def __init__(self) -> None:
         self._fds: dict[str, tuple[int, tuple, int]] = {}
+        self._lock = threading.Lock()
 
     def get(self, path: str) -> tuple[int, int]:
         st = os.stat(path)
         sig = (os.getpid(), st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
-        hit = self._fds.get(path)
-        if hit is not None and hit[1] == sig:
-            return hit[0], st.st_size
-        if hit is not None and hit[1][0] == os.getpid():
-            os.close(hit[0])
-        if len(self._fds) > 64:
-            for other_fd, other_sig, _ in self._fds.values():
-                if other_sig[0] == os.getpid():  # a parent's descriptors are left alone
-                    os.close(other_fd)
-            self._fds.clear()
-        fd = os.open(path, os.O_RDONLY)
-        self._fds[path] = (fd, sig, st.st_size)
-        return fd, st.st_size
+        with self._lock:
+            hit = self._fds.get(path)
+            if hit is not None and hit[1] == sig and _still_open_on(hit[0], sig):
+                return hit[0], st.st_size
+            if hit is not None:
+                self._release(*hit[:2])
+            if len(self._fds) > 64:
+                for other_fd, other_sig, _ in self._fds.values():
+                    self._release(other_fd, other_sig)
+                self._fds.clear()
+            fd = os.open(path, os.O_RDONLY)
+            self._fds[path] = (fd, sig, st.st_size)
+            return fd, st.st_size
+
+    @staticmethod
+    def _release(fd: int, sig: tuple) -> None:
+        """Close ``fd`` if this process opened it and it still refers to the file of ``sig`` (a parent's descriptors are left alone)."""
+        if sig[0] == os.getpid() and _still_open_on(fd, sig):
+            os.close(fd)
+
+
+def _still_open_on(fd: int, sig: tuple) -> bool:
+    try:
+        st = os.fstat(fd)
+    except OSError:
+        return False
+    return (st.st_dev, st.st_ino) == sig[1:3]
 
 
 _FDS = _FdCache()

@@ -67,6 +67,8 @@ def parse_pipeline(text: str, *, source: str = "<string>") -> PipelineSpec:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{source}: not valid TOML: {exc}") from None
+    except RecursionError:
+        raise ConfigError(f"{source}: arrays or tables nested too deeply to read") from None
     raw_stages = doc.get("stage")
     if not isinstance(raw_stages, list) or not raw_stages:
         raise ConfigError(f"{source}: no [[stage]] tables; a pipeline needs at least one stage")
@@ -105,7 +107,7 @@ def parse_value(text: str) -> Any:
     """A command-line value: a TOML value when it parses as one, else the string itself."""
     try:
         return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
+    except (tomllib.TOMLDecodeError, RecursionError):
         return text
 
 

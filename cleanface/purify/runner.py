@@ -4,7 +4,8 @@
 (same identities, no missing files, a matching embeddings file and truth file when
 given); then it embeds every image (or reads the given embeddings), applies
 :func:`cleanface.purify.decisions.decide`, and writes the output directory through a
-staging directory, ``COMPLETE`` last:
+staging directory, ``COMPLETE`` last. A lock beside the output (``.<name>.lock``) refuses a
+second purify into the same directory while one runs:
 
 ``data/`` | ``manifest.csv`` + ``images/`` | ``train.rec`` + ``train.idx`` + ``identities.txt``
     the cleaned dataset (labels renumbered consecutively; empty identities disappear);
@@ -30,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from cleanface._atomic import atomic_write_json, check_output_dir, mark_complete, staging_dir
+from cleanface._atomic import RunLock, atomic_write_json, check_output_dir, mark_complete, staging_dir
 from cleanface.data.index import DatasetIndex
 from cleanface.errors import CheckpointError, ConfigError, DataError
 from cleanface.purify.decisions import Decisions, decide
@@ -224,63 +225,64 @@ def purify(
     if fmt not in FORMATS:
         raise ConfigError(f"unknown output format {fmt!r}; choose one of {', '.join(FORMATS)}")
     run_dir, out = Path(run_dir), Path(out)
-    check_output_dir(out, overwrite=overwrite)
-    run_names = read_run_names(run_dir)
-    from cleanface.data.open import open_dataset
+    with RunLock.beside(out):  # a second purify into the same output is refused while this one runs
+        check_output_dir(out, overwrite=overwrite)
+        run_names = read_run_names(run_dir)
+        from cleanface.data.open import open_dataset
 
-    opened = open_dataset(data, silent=silent)
-    index = match_run(opened, run_names, run_dir, data)
-    check_files(index, data)
-    truth_rows = None
-    if truth is not None:
-        from cleanface.data.noise import align_truth, read_truth
+        opened = open_dataset(data, silent=silent)
+        index = match_run(opened, run_names, run_dir, data)
+        check_files(index, data)
+        truth_rows = None
+        if truth is not None:
+            from cleanface.data.noise import align_truth, read_truth
 
-        truth_rows = align_truth(read_truth(truth), index)
-    given = read_embeddings_file(embeddings, opened) if embeddings is not None else None
+            truth_rows = align_truth(read_truth(truth), index)
+        given = read_embeddings_file(embeddings, opened) if embeddings is not None else None
 
-    loaded = _load_run(run_dir, device)
-    centers = run_centers(loaded, len(run_names), run_dir)
-    timings: dict[str, float] = {}
-    with staging_dir(out, overwrite=overwrite) as stage:
-        for entry in sorted(os.listdir(stage)):  # leftovers of an interrupted attempt, except the embedding cache
-            if entry != EMBED_DIR:
-                _remove(stage / entry)
-        t0 = time.perf_counter()
-        if given is not None:
-            emb, embedded = given, "given"
-            _remove(stage / EMBED_DIR)
-        else:
-            config = dict(getattr(loaded, "config", {}) or {})
-            source = {"fingerprint": opened.fingerprint(), "model": _model_stamp(run_dir), "flip": settings.flip,
-                      "size": config.get("input_size"), "crop": config.get("crop")}
-            emb = cached_embeddings(stage, opened, source)
-            embedded = "cached"
-            if emb is None:
+        loaded = _load_run(run_dir, device)
+        centers = run_centers(loaded, len(run_names), run_dir)
+        timings: dict[str, float] = {}
+        with staging_dir(out, overwrite=overwrite) as stage:
+            for entry in sorted(os.listdir(stage)):  # leftovers of an interrupted attempt, except the embedding cache
+                if entry != EMBED_DIR:
+                    _remove(stage / entry)
+            t0 = time.perf_counter()
+            if given is not None:
+                emb, embedded = given, "given"
                 _remove(stage / EMBED_DIR)
-                _embed(loaded.backbone, opened, stage / EMBED_DIR, size=int(config.get("input_size", 112)), crop=config.get("crop"),
-                       flip=settings.flip, device=device, silent=silent)
-                atomic_write_json(stage / EMBED_DIR / SOURCE_FILE, source)
-                emb = read_embeddings_file(stage / EMBED_DIR, opened)
-                embedded = "computed"
-        if emb.shape[1] != centers.shape[2]:
-            raise DataError(f"embeddings are {emb.shape[1]}-d but the sub-centers of run {run_dir} are {centers.shape[2]}-d")
-        timings["embed"] = round(time.perf_counter() - t0, 3)
+            else:
+                config = dict(getattr(loaded, "config", {}) or {})
+                source = {"fingerprint": opened.fingerprint(), "model": _model_stamp(run_dir), "flip": settings.flip,
+                          "size": config.get("input_size"), "crop": config.get("crop")}
+                emb = cached_embeddings(stage, opened, source)
+                embedded = "cached"
+                if emb is None:
+                    _remove(stage / EMBED_DIR)
+                    _embed(loaded.backbone, opened, stage / EMBED_DIR, size=int(config.get("input_size", 112)), crop=config.get("crop"),
+                           flip=settings.flip, device=device, silent=silent)
+                    atomic_write_json(stage / EMBED_DIR / SOURCE_FILE, source)
+                    emb = read_embeddings_file(stage / EMBED_DIR, opened)
+                    embedded = "computed"
+            if emb.shape[1] != centers.shape[2]:
+                raise DataError(f"embeddings are {emb.shape[1]}-d but the sub-centers of run {run_dir} are {centers.shape[2]}-d")
+            timings["embed"] = round(time.perf_counter() - t0, 3)
 
-        decisions = decide(emb, index.labels, centers, settings, names=index.names, silent=silent)
-        timings.update(decisions.timings)
-        t0 = time.perf_counter()
-        write_outputs(stage, index, decisions, settings, fmt=fmt, copy=copy, truth=truth_rows, silent=silent)
-        timings["write"] = round(time.perf_counter() - t0, 3)
-        atomic_write_json(stage / "run_info.json", {
-            "run": str(run_dir), "data": str(data), "out": str(out), "embeddings": embedded if embeddings is None else str(embeddings),
-            "truth": None if truth is None else str(truth), "device": device, "started": started, "finished": time.time(),
-            "seconds": timings, "python": platform.python_version(),
-        })
-        if report:
-            from cleanface.report.purify import render_purify_report
+            decisions = decide(emb, index.labels, centers, settings, names=index.names, silent=silent)
+            timings.update(decisions.timings)
+            t0 = time.perf_counter()
+            write_outputs(stage, index, decisions, settings, fmt=fmt, copy=copy, truth=truth_rows, silent=silent)
+            timings["write"] = round(time.perf_counter() - t0, 3)
+            atomic_write_json(stage / "run_info.json", {
+                "run": str(run_dir), "data": str(data), "out": str(out), "embeddings": embedded if embeddings is None else str(embeddings),
+                "truth": None if truth is None else str(truth), "device": device, "started": started, "finished": time.time(),
+                "seconds": timings, "python": platform.python_version(),
+            })
+            if report:
+                from cleanface.report.purify import render_purify_report
 
-            render_purify_report(stage, data=opened, silent=silent)
-        mark_complete(stage, {"images_after": int(decisions.kept.sum())})
+                render_purify_report(stage, data=opened, silent=silent)
+            mark_complete(stage, {"images_after": int(decisions.kept.sum())})
     return out
 
 

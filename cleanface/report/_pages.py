@@ -135,7 +135,7 @@ class ReportWriter:
         if depth > 1:
             raise CleanfaceError(f"report page {relpath} is more than one folder deep")
         root = "../" * depth
-        html = environment().get_template(template).render(root=root, **context)
+        html = _displayable(environment().get_template(template).render(root=root, **context))
         target = self.stage / relpath
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(html, encoding="utf-8")
@@ -149,7 +149,7 @@ class ReportWriter:
         size, files = folder_size(self.stage)
         note = ""
         for _ in range(3):  # the note is part of the size it states: settle its length
-            html = environment().get_template(template).render(root="", size_note=note, **context)
+            html = _displayable(environment().get_template(template).render(root="", size_note=note, **context))
             total = size + len(html.encode("utf-8"))
             new_note = f"{format_size(total)} in {files + 1:,} files"
             if new_note == note:
@@ -218,3 +218,8 @@ def pager(name: str, page: int, count: int, *, window: int = 3) -> list[dict[str
     add("next \u203a", page + 1 if page < count else None)
     add("last \u00bb", count if page < count else None)
     return links
+
+
+def _displayable(html: str) -> str:
+    """``html`` with the bytes of names that are not UTF-8 (held as surrogate escapes) shown as U+FFFD."""
+    return html.encode("utf-8", "surrogateescape").decode("utf-8", "replace")

@@ -174,7 +174,8 @@ class ThumbWriter:
         return rel
 
     def _link(self, path: str) -> str:
-        return quote(os.path.relpath(os.path.abspath(path), self.final).replace(os.sep, "/"))
+        # percent-encode the file name's bytes: names that are not UTF-8 (kept with surrogate escapes) still link
+        return quote(os.fsencode(os.path.relpath(os.path.abspath(path), self.final).replace(os.sep, "/")))
 
 
 def _image_extension(data: bytes) -> str:

@@ -12,6 +12,7 @@ the rows ``rank::world`` into ``embeddings.rank{r}.npy``; :func:`merge_shards` j
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -22,7 +23,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from cleanface._atomic import atomic_write_json
+from cleanface._atomic import RunLock, atomic_write_json
 from cleanface.data.images import decode_image, to_tensor_batch
 from cleanface.data.index import DatasetIndex
 from cleanface.errors import ConfigError, DataError
@@ -109,7 +110,7 @@ def embed_index(
     index : DatasetIndex
     out_dir : path-like
         Created if needed. A complete earlier result for the same index fingerprint,
-        dtype and flip is returned as it is; a partial one is resumed.
+        model weights, dtype and flip is returned as it is; a partial one is resumed.
     size, crop : int, int or None
         Decoding settings of the run (see :func:`cleanface.data.images.decode_image`).
     batch_size : int
@@ -136,13 +137,23 @@ def embed_index(
     rows = np.arange(rank, len(index), world, dtype=np.int64)
     stem = "embeddings" if world == 1 else f"embeddings.rank{rank}"
     npy, meta_path, progress_path = out / f"{stem}.npy", out / f"{stem}.json", out / f"{stem}.progress.json"
-    meta = {"fingerprint": index.fingerprint(), "count": len(rows), "dtype": dtype, "flip": bool(flip), "size": int(size), "crop": crop, "rank": rank, "world": world}
+    meta = {"fingerprint": index.fingerprint(), "count": len(rows), "dtype": dtype, "flip": bool(flip), "size": int(size), "crop": crop, "rank": rank, "world": world,
+            "model": weights_stamp(backbone)}
+    lock_name = RunLock.NAME if world == 1 else f".cleanface.rank{rank}.lock"
+    with RunLock(out, name=lock_name):  # one writer per embeddings file: a second process is refused
+        return _embed_into(backbone, index, rows, meta, npy, meta_path, progress_path, batch_size=batch_size, dtype=dtype, flip=flip,
+                           size=size, crop=crop, device=device, silent=silent)
+
+
+def _embed_into(backbone: nn.Module, index: DatasetIndex, rows: np.ndarray, meta: dict, npy: Path, meta_path: Path, progress_path: Path, *,
+                batch_size: int, dtype: str, flip: bool, size: int, crop: int | None, device: Any, silent: bool) -> np.ndarray:
     if meta_path.is_file() and npy.is_file():
         try:
             old = json.loads(meta_path.read_text())
         except ValueError:
             old = {}
         if all(old.get(k) == v for k, v in meta.items()):
+            progress_path.unlink(missing_ok=True)  # left when killed between the last two writes
             return np.load(npy, mmap_mode="r")
         meta_path.unlink()
     backbone = backbone.to(device)
@@ -182,6 +193,15 @@ def embed_index(
     atomic_write_json(meta_path, {**meta, "dim": dim, "failed": failed})
     progress_path.unlink(missing_ok=True)
     return np.load(npy, mmap_mode="r")
+
+
+def weights_stamp(module: nn.Module) -> str:
+    """A short hash of every parameter and buffer of ``module``: which model embeddings on disk came from."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 @torch.no_grad()
