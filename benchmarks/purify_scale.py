@@ -13,7 +13,9 @@ Usage::
     OMP_NUM_THREADS=2 .venv/bin/python benchmarks/purify_scale.py --sizes 10000,100000,1000000 --out bench-out/purify_scale.json
 
 Prints one line per size and stage (seconds, peak RSS while the stage ran) and writes
-the figures to ``--out`` as JSON.
+the figures to ``--out`` as JSON, with the CPU seconds the process used during
+``decide`` and the system load average before and after it: on a shared machine, CPU
+seconds / wall seconds below the core count means other processes took the rest.
 """
 
 from __future__ import annotations
@@ -84,6 +86,12 @@ class StageMemory:
         self._thread.join()
 
 
+def cpu_seconds() -> float:
+    """User plus system CPU seconds of this process, all threads."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def make_embeddings(n: int, folder: Path, seed: int = 0) -> tuple[np.memmap, np.ndarray, np.ndarray, dict]:
     """Write structured float16 embeddings (n, 512) to ``folder``; return them memory-mapped, labels, centers, truth counts."""
     rng = np.random.default_rng(seed)
@@ -118,17 +126,22 @@ def run_size(n: int, workdir: Path, settings: PurifySettings) -> dict:
     t0 = time.perf_counter()
     emb, labels, centers, truth = make_embeddings(n, workdir)
     generate = time.perf_counter() - t0
+    load_before = os.getloadavg()
     with StageMemory() as mem:
         mem.mark("setup")
+        cpu0 = cpu_seconds()
         t0 = time.perf_counter()
         d = decide(emb, labels, centers, settings, silent=True, stage_hook=mem.mark)
         total = time.perf_counter() - t0
+        cpu = cpu_seconds() - cpu0
         mem.mark("end")
     stages = {name: {"seconds": d.timings.get(name, mem.seconds.get(name)), "peak_rss_mb": round(mem.peaks.get(name, 0.0), 1)}
               for name in d.timings}
     return {
         "images": n, "identities": int(centers.shape[0]), "k": K, "dim": D, "generate_seconds": round(generate, 2),
-        "decide_seconds": round(total, 2), "stages": stages, "peak_rss_mb": round(max(mem.peaks.values()), 1),
+        "decide_seconds": round(total, 2), "decide_cpu_seconds": round(cpu, 2),
+        "load_average_before": [round(x, 2) for x in load_before], "load_average_after": [round(x, 2) for x in os.getloadavg()],
+        "stages": stages, "peak_rss_mb": round(max(mem.peaks.values()), 1),
         "actions": d.action_counts(), "faiss": d.faiss, "outlier_clustering": d.outlier_info,
         "duplicate_pairs": int(len(d.duplicate_pairs)), "advised_threshold": d.advice["threshold"], "truth": truth,
     }
@@ -148,7 +161,8 @@ def main(argv: list[str] | None = None) -> None:
             result = run_size(n, Path(tmp), settings)
             results.append(result)
             print(f"{n:>9} images, {result['identities']} identities: decide {result['decide_seconds']:.1f} s, peak RSS {result['peak_rss_mb']:.0f} MB "
-                  f"(generation {result['generate_seconds']:.1f} s)", flush=True)
+                  f"(generation {result['generate_seconds']:.1f} s); CPU {result['decide_cpu_seconds']:.1f} s, "
+                  f"load average {result['load_average_before'][0]:.1f} before, {result['load_average_after'][0]:.1f} after", flush=True)
             for name, stage in result["stages"].items():
                 print(f"           {name:<10} {stage['seconds']:>8.2f} s  {stage['peak_rss_mb']:>8.0f} MB", flush=True)
             print(f"           actions {result['actions']}  faiss {result['faiss']}", flush=True)

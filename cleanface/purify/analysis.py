@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from cleanface.purify._threads import parallel_map
+
 CHUNK = 16_384
 EPS = 1e-12
 
@@ -24,7 +26,10 @@ EPS = 1e-12
 def l2_normalize(x: np.ndarray, axis: int = -1) -> np.ndarray:
     """``x`` as float32 divided by its L2 norm along ``axis``; zero vectors stay zero (no NaN)."""
     x = np.asarray(x, dtype=np.float32)
-    norm = np.sqrt(np.sum(x * x, axis=axis, keepdims=True))
+    if x.ndim and axis in (-1, x.ndim - 1):
+        norm = np.sqrt(np.einsum("...i,...i->...", x, x))[..., None]  # no (N, D) temporary
+    else:
+        norm = np.sqrt(np.sum(x * x, axis=axis, keepdims=True))
     return x / np.maximum(norm, EPS)
 
 
@@ -80,7 +85,8 @@ def nearest_subcenter(
     n, k = len(embeddings), centers.shape[1]
     nearest = np.empty(n, dtype=np.int64)
     cos = np.empty((n, k), dtype=np.float32)
-    for s in range(0, n, chunk):
+
+    def one_chunk(s: int) -> None:
         e = np.asarray(embeddings[s : s + chunk], dtype=np.float32)
         ok = np.isfinite(e).all(axis=1)
         e = l2_normalize(np.where(ok[:, None], e, 0.0))
@@ -89,6 +95,8 @@ def nearest_subcenter(
         cos[s : s + chunk] = c
         best = np.argmax(np.where(ok[:, None], c, 0.0), axis=1)
         nearest[s : s + chunk] = np.where(ok, best, -1)
+
+    parallel_map(one_chunk, range(0, n, chunk))  # chunks write disjoint rows
     return nearest, cos
 
 

@@ -38,7 +38,6 @@ from cleanface.purify.analysis import (
     angle_to_dominant,
     cos_to_degrees,
     dominant_subcenters,
-    finite_rows,
     identity_stats,
     l2_normalize,
     nearest_subcenter,
@@ -190,7 +189,8 @@ def merge_groups(
     m = len(identities)
     if m < 2:
         return merge_to, []
-    scores, ids = _faiss.search(built, dominant_vectors, MERGE_NEIGHBOURS + 1)
+    scores, ids = _faiss.self_search(built, MERGE_NEIGHBOURS + 1) if built.index.ntotal == m else \
+        _faiss.search(built, dominant_vectors, MERGE_NEIGHBOURS + 1)
     rows = np.repeat(np.arange(m), ids.shape[1])
     cols, sc = ids.ravel(), scores.ravel()
     angles = cos_to_degrees(sc)
@@ -272,10 +272,16 @@ def best_other_identity(
 def near_duplicates(embeddings: np.ndarray, finite: np.ndarray, dup_cos: float, built: "_faiss.BuiltIndex", *, silent: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Sample pairs (i < j) with cosine >= ``dup_cos`` among each sample's ``DUP_NEIGHBOURS`` nearest: (pairs (P, 2), cos (P,)).
 
-    Sorted by (i, j); non-finite samples never pair.
+    ``built`` indexes ``embeddings`` themselves, in order; the queries are read back from
+    it (:func:`cleanface.purify._faiss.self_search`). With a flat index the neighbours
+    are exact; with an IVF index they are those in the ``nprobe`` cells nearest to each
+    sample, scored exactly cell by cell, so a pair is found when either sample's probed
+    cells hold the other. Sorted by (i, j); non-finite samples never pair.
     """
     n = len(embeddings)
-    scores, ids = _faiss.search(built, embeddings, DUP_NEIGHBOURS + 1, silent=silent, what="duplicate search")
+    if built.index.ntotal != n:
+        raise ValueError(f"the index must hold the {n} embeddings, it holds {built.index.ntotal} vectors")
+    scores, ids = _faiss.self_search(built, DUP_NEIGHBOURS + 1, min_score=dup_cos, silent=silent, what="duplicate search")
     rows = np.repeat(np.arange(n), ids.shape[1])
     cols, sc = ids.ravel(), scores.ravel()
     keep = (cols >= 0) & (cols != rows) & (sc >= dup_cos)
@@ -366,8 +372,8 @@ def decide(
 
     # 1-2. analysis and the angle rule
     clock.stage("analysis")
-    finite = finite_rows(embeddings)
     nearest, cos = nearest_subcenter(embeddings, labels, centers)
+    finite = nearest >= 0  # nearest is -1 exactly for the rows holding NaN or inf (one pass over the embeddings, not two)
     dominant_by_identity = dominant_subcenters(nearest, labels, num_classes, k)
     angle = angle_to_dominant(cos, labels, dominant_by_identity)
     not_dominant = non_dominant(nearest, labels, dominant_by_identity)

@@ -1,0 +1,140 @@
+"""The near-duplicate finder and the cell-by-cell IVF search behind it, against brute force."""
+
+import numpy as np
+import pytest
+
+from cleanface.purify import _faiss
+from cleanface.purify.analysis import l2_normalize
+from cleanface.purify.decisions import DUP_NPROBE, near_duplicates
+
+DUP_COS = 0.98
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def brute_force_pairs(x: np.ndarray, finite: np.ndarray, dup_cos: float) -> tuple[np.ndarray, np.ndarray]:
+    """Every pair i < j of finite rows with cosine >= dup_cos, sorted, from the full Gram matrix in float64."""
+    y = l2_normalize(np.where(finite[:, None], x, 0.0)).astype(np.float64)
+    gram = y @ y.T
+    i, j = np.nonzero(np.triu(gram >= dup_cos, k=1) & finite[:, None] & finite[None, :])
+    return np.stack([i, j], axis=1), gram[i, j]
+
+
+def planted_data(seed: int = 0, n: int = 4000, d: int = 64):
+    """Random unit vectors, an IVF index over them, and planted near-duplicate pairs added to both.
+
+    Half of the planted pairs straddle two cells: they sit on either side of the bisector
+    of two neighbouring centroids, each nearer to a different one, with cosine about 0.99
+    between them; the other half are a random vector and a slightly moved copy. Returns
+    the vectors (float32), the index over all of them and the number of random ones.
+    """
+    rng = np.random.default_rng(seed)
+    base = unit(rng.standard_normal((n, d)))
+    built = _faiss.build_index(base, exact_below=1000, nprobe=DUP_NPROBE, seed=0)
+    cent = built.index.quantizer.reconstruct_n(0, built.index.nlist).astype(np.float64)
+    cc = cent @ cent.T
+    np.fill_diagonal(cc, -np.inf)
+    border, used = [], set()
+    for a in rng.permutation(len(cent)):
+        b = int(np.argmax(cc[a]))
+        if len(border) == 40 or a in used or b in used:
+            continue
+        used |= {int(a), b}
+        mid = unit(cent[a] + cent[b])
+        side = unit(cent[a] - cent[b] - (cent[a] - cent[b]) @ mid * mid)
+        wobble = rng.standard_normal(d)
+        wobble -= (wobble @ mid) * mid + (wobble @ side) * side
+        centre = unit(mid + 0.1 * unit(wobble))
+        border += [unit(centre + 0.07 * side), unit(centre - 0.07 * side)]
+    near = []
+    for i in rng.choice(n, 20, replace=False):
+        near.append(unit(base[i] + rng.uniform(0.05, 0.15) * unit(rng.standard_normal(d))))
+    planted = np.array(border + near)
+    built.index.add(_faiss._clean(planted))  # ids n, n + 1, ... as in the concatenation below
+    return np.concatenate([base, planted]).astype(np.float32), built, n
+
+
+def test_near_duplicates_match_brute_force_across_cell_borders():
+    x, ivf, n = planted_data()
+    finite = np.ones(len(x), dtype=bool)
+    gone = n + 1  # a border vector, made non-finite: its pair disappears
+    finite[gone] = False
+    x[gone, 0] = np.nan
+    truth, truth_cos = brute_force_pairs(x, finite, DUP_COS)
+    assert len(truth) == 39 and gone not in truth
+    assert np.abs(truth_cos - DUP_COS).min() > 1e-3  # no pair close enough to the threshold for rounding to matter
+
+    assert ivf.describe() == f"IVF64,Flat nprobe={DUP_NPROBE}"
+    _, cell = ivf.index.quantizer.search(l2_normalize(np.nan_to_num(x)), 1)
+    straddling = (cell[truth[:, 0], 0] != cell[truth[:, 1], 0]).sum()
+    assert straddling >= 15  # the border pairs really lie in two cells
+
+    for built in (ivf, _faiss.build_index(x, exact_below=50_000)):
+        pairs, cos = near_duplicates(x, finite, DUP_COS, built)
+        np.testing.assert_array_equal(pairs, truth)
+        np.testing.assert_allclose(cos, truth_cos, atol=1e-5)
+
+
+def test_one_probe_misses_the_pairs_across_borders():
+    x, built, _ = planted_data()
+    finite = np.ones(len(x), dtype=bool)
+    truth, _ = brute_force_pairs(x, finite, DUP_COS)
+    built.index.nprobe = 1
+    pairs, _ = near_duplicates(x, finite, DUP_COS, built)
+    found = {tuple(p) for p in pairs.tolist()}
+    assert found < {tuple(p) for p in truth.tolist()}  # a strict subset: nprobe is what reaches across borders
+
+
+@pytest.mark.parametrize("min_score", [None, 0.3])
+def test_cell_by_cell_search_equals_faiss_ivf_search(min_score):
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((3000, 48)).astype(np.float16)  # any float dtype, normalised inside
+    x[7] = np.inf
+    built = _faiss.build_index(x, exact_below=1000, nprobe=6, seed=3)
+    queries = rng.standard_normal((700, 48)).astype(np.float32)
+    queries[3] = np.nan
+    scores, ids = _faiss.search(built, queries, 8, min_score=min_score)
+    ref_scores, ref_ids = built.index.search(_faiss._clean(queries), 8)
+    if min_score is not None:
+        low = ref_scores < min_score
+        ref_scores[low], ref_ids[low] = -np.inf, -1
+        assert (ids == -1).any() and (ids >= 0).any()
+    found = ids >= 0
+    np.testing.assert_array_equal(found, ref_ids >= 0)
+    np.testing.assert_allclose(scores[found], ref_scores[found], atol=1e-5)
+    assert (np.diff(np.where(found, scores, -2), axis=1) <= 0).all()  # best first
+    # the same ids wherever the order is not decided by a near tie
+    with np.errstate(invalid="ignore"):  # -inf - -inf past the last result
+        gap = np.minimum(np.abs(np.diff(ref_scores, axis=1, prepend=np.inf)), np.abs(np.diff(ref_scores, axis=1, append=-np.inf)))
+    clear = found & (gap > 1e-5)
+    np.testing.assert_array_equal(ids[clear], ref_ids[clear])
+    again = _faiss.search(built, queries, 8, min_score=min_score)
+    np.testing.assert_array_equal(again[1], ids)  # deterministic
+
+
+def test_self_search_uses_the_cells_found_while_indexing():
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((3000, 32)).astype(np.float32)
+    built = _faiss.build_index(x, exact_below=1000, nprobe=3)
+    assert built.probes.shape == (3000, 3)
+    _, home = built.index.quantizer.search(l2_normalize(x), 3)
+    assert (built.probes[:, 0] == home[:, 0]).mean() > 0.99  # the nearest centroid holds the vector
+    for c in range(built.index.nlist):
+        ids = _faiss._cell(built.index, c)[1]
+        np.testing.assert_array_equal(built.probes[ids, 0], c)
+    own = _faiss.self_search(built, 5)
+    queried = _faiss.search(built, x, 5)
+    np.testing.assert_array_equal(own[1], queried[1])
+    np.testing.assert_allclose(own[0], queried[0], atol=1e-6)
+    assert (own[1][:, 0] == np.arange(3000)).all()
+    flat = _faiss.build_index(x)
+    np.testing.assert_array_equal(_faiss.self_search(flat, 5)[1], _faiss.search(flat, x, 5)[1])
+
+
+def test_top_columns():
+    s = np.array([[0.1, 0.9, 0.5, 0.9], [3.0, 2.0, 1.0, 0.0]], dtype=np.float32)
+    assert _faiss.top_columns(s, 3).tolist() == [[1, 3, 2], [0, 1, 2]]
+    assert _faiss.top_columns(s, 9).tolist() == [[1, 3, 2, 0], [0, 1, 2, 3]]
+    assert sorted(_faiss.top_columns(s, 2, ordered=False)[1].tolist()) == [0, 1]
