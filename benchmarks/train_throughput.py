@@ -13,7 +13,7 @@ batch and optimiser:
 Usage::
 
     python benchmarks/train_throughput.py [--backbone compact] [--size 64] [--batch 64]
-        [--images 2000] [--epochs 6] [--repeats 2] [--device cpu] [--amp off]
+        [--images 2000] [--epochs 6] [--repeats 2] [--device cpu] [--amp off] [--out FILE.json]
 
 On a GPU: ``--backbone iresnet50 --size 112 --batch 128 --device cuda --amp fp16``.
 """
@@ -79,6 +79,7 @@ def main() -> None:
     p.add_argument("--amp", default="off", choices=["off", "bf16", "fp16"])
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--workdir", default=None)
+    p.add_argument("--out", default=None, help="also write the result to this JSON file")
     args = p.parse_args()
     work = Path(args.workdir or tempfile.mkdtemp(prefix="cleanface-throughput-"))
     per = 20
@@ -115,6 +116,9 @@ def main() -> None:
         "trainer_vs_bare": round(trainer_ips / bare_ips, 3), "bare_runs": [round(v, 1) for v in bare], "trainer_runs": [round(v, 1) for v in trainer], "data_only_images_per_s": round(data_ips, 1),
     }
     print(json.dumps(result, indent=2))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -96,22 +96,29 @@ def train(
     device = f"cuda:{d.local_rank}" if cfg.device == "cuda" and d.world > 1 else cfg.device
     out = Path(out)
     if d.main:
+        if out.exists() and not out.is_dir():
+            raise ConfigError(f"run directory {out} exists and is not a directory")
         if resume and is_complete(out):
             _check_same_settings(out, cfg)
             return out
-        _prepare_dir(out, resume=resume, overwrite=overwrite)
-    ddp.barrier(d)
     lock = RunLock(out) if d.main else contextlib.nullcontext()
-    with lock:
+    with lock:  # taken before anything in out is touched: --overwrite never deletes a live run
+        if d.main:
+            _prepare_dir(out, resume=resume, overwrite=overwrite)
+        ddp.barrier(d)
         return _Trainer(data, out, cfg, d, device, resume=resume, silent=silent or not d.main, on_step=on_step).run()
 
 
 def _prepare_dir(out: Path, *, resume: bool, overwrite: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"run directory {out} exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()):
+    """Empty ``out`` with ``overwrite``, refuse a non-empty one without ``resume``; the lock file stays."""
+    entries = [e for e in out.iterdir() if e.name != RunLock.NAME] if out.is_dir() else []
+    if entries:
         if overwrite:
-            shutil.rmtree(out)
+            for entry in entries:
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry)
+                else:
+                    entry.unlink()
         elif not resume:
             raise ConfigError(f"run directory {out} is not empty; pass --resume to continue it or --overwrite to start again")
     out.mkdir(parents=True, exist_ok=True)
@@ -285,10 +292,22 @@ class _Trainer:
         self.scaler.scale(loss).backward()
         if self.cfg.grad_clip:
             self.scaler.unscale_(self.optimizer)
-            nn.utils.clip_grad_norm_(self.backbone.parameters(), self.cfg.grad_clip)
+            self._clip_gradients(self.cfg.grad_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         return loss.detach(), correct
+
+    def _clip_gradients(self, max_norm: float) -> None:
+        """Scale the backbone's gradients down to ``max_norm`` when their total norm exceeds it.
+
+        On the CPU the norm is known at once, so the rescaling pass over every gradient
+        is skipped when it would multiply by 1; on CUDA the norm stays on the device (no sync).
+        """
+        params = [p for p in self.backbone.parameters() if p.grad is not None]
+        norm = nn.utils.get_total_norm([p.grad for p in params])
+        if self.device == "cpu" and float(norm) <= max_norm:
+            return
+        nn.utils.clip_grads_with_norm_(params, max_norm, norm)
 
     def _finish(self, step: int, metrics: "_Metrics") -> Path:
         d = self.d
