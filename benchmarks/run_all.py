@@ -4,6 +4,8 @@ Each script writes its JSON under ``bench-out/``; this runner prints one line pe
 with its wall time and stops at the first failure. Benchmarks that need LFW are skipped
 with a message when ``../shared/data/lfw`` is absent. The 1M-image purify and report
 scale runs (tens of minutes each) are left out; run them by hand as BENCHMARKS.md shows.
+So is ``lfw_noise.py`` (label-noise flags of four methods on LFW and the verification
+accuracy of models trained on the cleaned sets: 23 trainings, well over an hour here).
 """
 
 from __future__ import annotations
