@@ -4,11 +4,15 @@ All three read the same synthetic faces at the same size with the same backbone,
 batch and optimiser:
 
 * **bare loop**: the whole training set as one float tensor in memory, random batches,
-  forward, loss, backward, SGD step: nothing else;
+  forward, loss, backward, SGD step: nothing else; images/s of as many steps as a
+  trainer epoch;
 * **trainer**: :func:`cleanface.training.trainer.train` (decode-once cache read by a
   prefetch thread, per-step schedule, gradient clipping, metrics, checkpoints per epoch),
-  the median images/s of its epochs after the first (from ``metrics.jsonl``);
+  images/s of each epoch after the first;
 * **data only**: the trainer's batch source reading the cache, with no model.
+
+Trainer and bare loop alternate epoch by epoch in one process (see :class:`Interleave`);
+the result is the median over all epoch pairs of ``trainer / bare``.
 
 Usage::
 
@@ -39,32 +43,72 @@ from cleanface.training.batches import BatchSource, rank_batches
 from cleanface.training.trainer import train
 
 
-def bare_loop(x: torch.Tensor, y: torch.Tensor, classes: int, args: argparse.Namespace, steps: int) -> float:
-    """Images/s of a minimal loop over in-memory tensors (the first 5 steps are not timed)."""
-    torch.manual_seed(0)
-    backbone = create_backbone(args.backbone, embedding_size=args.dim, input_size=args.size).to(args.device)
-    head = create_head("subcenter-arcface", args.dim, classes, k=3).to(args.device)
-    opt = torch.optim.SGD(list(backbone.parameters()) + list(head.parameters()), lr=0.05, momentum=0.9, weight_decay=5e-4)
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.amp)
-    scaler = torch.amp.GradScaler("cuda", enabled=args.amp == "fp16")
-    g = torch.Generator().manual_seed(0)
-    t0 = None
-    for step in range(steps + 5):
-        if step == 5:
-            if args.device.startswith("cuda"):
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
-        b = torch.randint(0, len(x), (args.batch,), generator=g)
-        xb, yb = x[b].to(args.device, non_blocking=True), y[b].to(args.device, non_blocking=True)
-        with torch.autocast(args.device.split(":")[0], dtype=dtype or torch.float32, enabled=dtype is not None):
-            loss = head.loss(backbone(xb), yb)
-        opt.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(opt)
-        scaler.update()
-    if args.device.startswith("cuda"):
+class BareLoop:
+    """A minimal training loop over in-memory tensors: random batches, forward, loss, backward, SGD step."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, classes: int, args: argparse.Namespace) -> None:
+        torch.manual_seed(0)
+        self.x, self.y, self.args = x, y, args
+        self.backbone = create_backbone(args.backbone, embedding_size=args.dim, input_size=args.size).to(args.device)
+        self.head = create_head("subcenter-arcface", args.dim, classes, k=3).to(args.device)
+        params = list(self.backbone.parameters()) + list(self.head.parameters())
+        self.opt = torch.optim.SGD(params, lr=0.05, momentum=0.9, weight_decay=5e-4)
+        self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.amp)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=args.amp == "fp16")
+        self.g = torch.Generator().manual_seed(0)
+        self.run(5)  # warm-up, as the trainer's first epoch is not counted
+
+    def run(self, steps: int) -> float:
+        """Images/s over ``steps`` steps."""
+        args = self.args
+        _sync(args.device)
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            b = torch.randint(0, len(self.x), (args.batch,), generator=self.g)
+            xb, yb = self.x[b].to(args.device, non_blocking=True), self.y[b].to(args.device, non_blocking=True)
+            with torch.autocast(args.device.split(":")[0], dtype=self.dtype or torch.float32, enabled=self.dtype is not None):
+                loss = self.head.loss(self.backbone(xb), yb)
+            self.opt.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.opt)
+            self.scaler.update()
+        _sync(args.device)
+        return steps * args.batch / (time.perf_counter() - t0)
+
+
+class Interleave:
+    """``on_step`` hook of the trainer: times each trainer epoch, then runs one bare epoch.
+
+    The two alternate epoch by epoch in one process, so a slow spell of a shared machine
+    (they last seconds to minutes) falls on neighbouring epochs of both: each pair's ratio
+    is a fair comparison even when the absolute rates drift. A trainer epoch is timed from
+    the end of the preceding bare epoch to its last step's hook, so it includes everything
+    the trainer does: batch planning, the prefetch thread, the per-epoch checkpoint.
+    """
+
+    def __init__(self, bare: BareLoop, steps_per_epoch: int, batch: int) -> None:
+        self.bare, self.steps, self.batch = bare, steps_per_epoch, batch
+        self.trainer: list[float] = []
+        self.bare_rates: list[float] = []
+        self.t0 = time.perf_counter()
+
+    def __call__(self, step: int) -> None:
+        if step % self.steps:
+            return
+        _sync(self.bare.args.device)
+        rate = self.steps * self.batch / (time.perf_counter() - self.t0)
+        if step > self.steps:  # the first epoch includes start-up
+            self.trainer.append(rate)
+            self.bare_rates.append(self.bare.run(self.steps))
+        self.t0 = time.perf_counter()
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
         torch.cuda.synchronize()
-    return steps * args.batch / (time.perf_counter() - t0)
+
+
+EXTRA = {}
 
 
 def main() -> None:
@@ -99,21 +143,23 @@ def main() -> None:
     data_ips = n / (time.perf_counter() - t0)
 
     steps_per_epoch = len(index) // args.batch
-    bare, trainer = [], []
-    for attempt in range(args.repeats):  # alternate the two, keep each one's best: least disturbed by other load
-        bare.append(bare_loop(x, y, index.num_identities, args, steps=steps_per_epoch * max(1, args.epochs - 1)))
-        run = train(data, work / "run", head="subcenter-arcface", k=3, backbone=args.backbone, input_size=args.size, embedding_size=args.dim,
-                    batch_size=args.batch, epochs=args.epochs, lr=0.05, device=args.device, amp=args.amp, cache_dir=str(work / "cache"),
-                    log_every=steps_per_epoch, overwrite=True, silent=True)
-        rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-        later = rows[1:] or rows  # the first epoch includes start-up
-        trainer.append(float(np.median([r["images_per_s"] for r in later])))
-    bare_ips, trainer_ips = max(bare), max(trainer)
+    pairs = []
+    for attempt in range(args.repeats):
+        timer = Interleave(BareLoop(x, y, index.num_identities, args), steps_per_epoch, args.batch)
+        train(data, work / "run", head="subcenter-arcface", k=3, backbone=args.backbone, input_size=args.size, embedding_size=args.dim,
+              batch_size=args.batch, epochs=args.epochs, lr=0.05, **EXTRA, device=args.device, amp=args.amp, cache_dir=str(work / "cache"),
+              log_every=steps_per_epoch, overwrite=True, silent=True, on_step=timer)
+        pairs += list(zip(timer.bare_rates, timer.trainer))
+    bare, trainer = np.array(pairs).T
+    ratios = trainer / bare
     result = {
-        "backbone": args.backbone, "size": args.size, "batch": args.batch, "images": len(index), "device": args.device, "amp": args.amp,
-        "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
-        "bare_loop_images_per_s": round(bare_ips, 1), "trainer_images_per_s": round(trainer_ips, 1),
-        "trainer_vs_bare": round(trainer_ips / bare_ips, 3), "bare_runs": [round(v, 1) for v in bare], "trainer_runs": [round(v, 1) for v in trainer], "data_only_images_per_s": round(data_ips, 1),
+        "backbone": args.backbone, "size": args.size, "batch": args.batch, "images": len(index), "steps_per_epoch": steps_per_epoch,
+        "device": args.device, "amp": args.amp, "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
+        "bare_loop_images_per_s": round(float(np.median(bare)), 1), "trainer_images_per_s": round(float(np.median(trainer)), 1),
+        "trainer_vs_bare": round(float(np.median(ratios)), 3),
+        "trainer_vs_bare_quartiles": [round(float(q), 3) for q in np.percentile(ratios, [25, 75])],
+        "epoch_pairs": [[round(float(b), 1), round(float(t), 1)] for b, t in pairs],
+        "data_only_images_per_s": round(data_ips, 1),
     }
     print(json.dumps(result, indent=2))
     if args.out:

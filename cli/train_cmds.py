@@ -164,8 +164,10 @@ def embed_cmd(run: str, data: str, out: str, dtype: str, batch_size: int, no_fli
     if world > 1:
         import torch.distributed as dist
 
+        from cleanface.training.distributed import init
+
         if not dist.is_initialized():
-            dist.init_process_group("gloo")
+            init("gloo")
         dist.barrier()
         if dist.get_rank() == 0:
             emb = merge_shards(out, index, world, dtype=dtype)

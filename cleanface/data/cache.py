@@ -25,6 +25,7 @@ import hashlib
 import json
 import os
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -33,13 +34,14 @@ import numpy as np
 
 from cleanface._atomic import RunLock, atomic_write_json
 from cleanface.data.index import BadFile, DatasetIndex
-from cleanface.errors import DataError
-from cleanface.progress import make_progress
+from cleanface.errors import DataError, LockError
+from cleanface.progress import console, make_progress
 
 #: Bump when the decoded pixels would change (decoder, filter, layout).
 FORMAT_VERSION = 1
 #: Images between flushes of a partial build (what an interruption can lose at most).
 FLUSH_EVERY = 2048
+WAIT_POLL_S = 0.5  # how often a process waiting for another one's cache looks again
 _CHUNK = 64  # images per task sent to a decode worker
 #: Files whose size and mtime enter the cache key (see :func:`content_stamp`).
 STAMP_SAMPLES = 256
@@ -185,18 +187,33 @@ class DecodeCache:
         if (final / "meta.json").is_file():
             return cls._load(final, index, size, crop)
         partial = root / f".{key}.partial"
-        partial.mkdir(parents=True, exist_ok=True)
-        with RunLock(partial):
+        lock = RunLock.beside(final)  # a fixed path beside the cache: it does not move with the rename
+        waited = False
+        while True:
+            try:
+                lock.acquire()
+                break
+            except LockError:
+                # Another process is decoding the same cache: wait and use its result,
+                # rather than failing or decoding twice.
+                if (final / "meta.json").is_file():
+                    return cls._load(final, index, size, crop)
+                if not waited and not silent:
+                    console.print(f"waiting for another process that is building the decode cache {final}")
+                waited = True
+                time.sleep(WAIT_POLL_S)
+        try:
             if (final / "meta.json").is_file():  # another process finished meanwhile
                 return cls._load(final, index, size, crop)
+            partial.mkdir(parents=True, exist_ok=True)
             meta = cls._fill(index, partial, key, size=size, crop=crop, workers=workers, silent=silent)
             atomic_write_json(partial / "meta.json", meta)
-        lock = partial / RunLock.NAME
-        if lock.exists():
-            lock.unlink()
-        if final.exists():  # an incomplete leftover without meta.json
-            shutil.rmtree(final)
-        os.replace(partial, final)
+            (partial / RunLock.NAME).unlink(missing_ok=True)  # left by an earlier version, which locked inside
+            if final.exists():  # an incomplete leftover without meta.json
+                shutil.rmtree(final)
+            os.replace(partial, final)
+        finally:
+            lock.release()
         return cls._load(final, index, size, crop)
 
     @classmethod

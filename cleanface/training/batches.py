@@ -21,6 +21,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from cleanface.data.cache import DecodeCache
+from cleanface.data.images import to_tensor_batch
 from cleanface.data.index import DatasetIndex
 from cleanface.data.torch_dataset import FaceDataset, epoch_generator
 
@@ -101,7 +102,8 @@ class BatchSource:
 
     def __init__(self, index: DatasetIndex, labels: np.ndarray, *, cache: DecodeCache | None, size: int, crop: int | None, workers: int = 0) -> None:
         self.index = index
-        self.labels = torch.from_numpy(np.asarray(labels, dtype=np.int64))
+        self._labels_np = np.ascontiguousarray(labels, dtype=np.int64)
+        self.labels = torch.from_numpy(self._labels_np)
         self.cache = cache
         self.workers = workers
         self.dataset = FaceDataset(index, size=size, crop=crop, train=True, cache=cache)
@@ -115,32 +117,33 @@ class BatchSource:
 
     def iterate(self, planned: Iterator[tuple[np.ndarray, np.ndarray]]) -> Iterator[Batch]:
         if self.cache is not None and self.workers == 0:
-            yield from prefetch(self._from_cache(planned))
+            for raw, labels in prefetch(self._from_cache(planned)):
+                yield to_tensor_batch(raw), labels  # float conversion here, on torch's own threads
             return
         batches = [[(int(p), bool(f)) for p, f in zip(self._pos[ids], flips)] for ids, flips in planned]
         loader = DataLoader(self.dataset, batch_sampler=batches, num_workers=self.workers, pin_memory=torch.cuda.is_available())
         for images, labels, _ in loader:
             yield images, labels
 
-    def _from_cache(self, planned: Iterator[tuple[np.ndarray, np.ndarray]]) -> Iterator[Batch]:
-        pixels = self.cache.images
+    def _from_cache(self, planned: Iterator[tuple[np.ndarray, np.ndarray]]) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+        """uint8 batches, mirrored where planned, with their labels: numpy only (see :func:`mirrored`)."""
+        pixels, labels = self.cache.images, self._labels_np
         for ids, flips in planned:
             order = np.argsort(ids, kind="stable")  # contiguous reads; order within a batch does not matter
             ids, flips = ids[order], flips[order]
-            yield _cached_batch(pixels[ids], flips), self.labels[torch.from_numpy(ids)]
+            yield mirrored(pixels[ids], flips), torch.from_numpy(labels[ids])
 
 
-def _cached_batch(raw: np.ndarray, flips: np.ndarray) -> torch.Tensor:
-    """uint8 (B, H, W, 3) -> float32 (B, 3, H, W) in [-1, 1], mirrored where ``flips``.
+def mirrored(raw: np.ndarray, flips: np.ndarray) -> np.ndarray:
+    """uint8 (B, H, W, 3) mirrored left-right where ``flips``, in place.
 
     numpy, not torch: this runs in the prefetch thread, and torch operations there would
     start a second pool of compute threads competing with the training step for the cores.
-    The values equal :func:`~cleanface.data.images.to_tensor_batch` then
-    :func:`~cleanface.data.images.flip_batch` bit for bit (same float32 division and subtraction).
+    Mirroring before the float conversion gives the same values as
+    :func:`~cleanface.data.images.to_tensor_batch` then :func:`~cleanface.data.images.flip_batch`
+    (the conversion is per pixel), and the conversion itself is ten times faster in torch
+    on the main thread than in numpy.
     """
     if flips.any():
         raw[flips] = raw[flips][:, :, ::-1]
-    out = np.empty((raw.shape[0], 3, raw.shape[1], raw.shape[2]), dtype=np.float32)
-    np.divide(raw.transpose(0, 3, 1, 2), np.float32(127.5), out=out, dtype=np.float32)
-    np.subtract(out, np.float32(1.0), out=out)
-    return torch.from_numpy(out)
+    return raw

@@ -10,6 +10,7 @@ import io
 import os
 import pickle
 import random
+import threading
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -23,9 +24,50 @@ from cleanface.errors import CheckpointError
 
 def save(obj: dict[str, Any], path: str | os.PathLike) -> None:
     """``torch.save`` into memory, then an atomic write: a crash never leaves half a file."""
+    atomic_write_bytes(path, serialize(obj))
+
+
+def serialize(obj: dict[str, Any]) -> bytes:
+    """The bytes :func:`save` writes: a snapshot, unaffected by later changes to the tensors."""
     buffer = io.BytesIO()
     torch.save(obj, buffer)
-    atomic_write_bytes(path, buffer.getvalue())
+    return buffer.getvalue()
+
+
+class BackgroundWriter:
+    """Writes serialized checkpoints atomically in a background thread, one at a time.
+
+    The state is serialized by the caller (a consistent snapshot, taken between two
+    optimiser steps); writing and fsyncing it, the part that waits on the disk, overlaps
+    with training. :meth:`wait` joins the pending write and re-raises its error (ENOSPC
+    included), so a failed write stops the run at the next checkpoint or at the end, and
+    the previous checkpoint stays intact as with :func:`save`.
+    """
+
+    def __init__(self) -> None:
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def submit(self, obj: dict[str, Any], path: str | os.PathLike) -> None:
+        data = serialize(obj)
+        self.wait()
+        self._thread = threading.Thread(target=self._write, args=(Path(path), data), name="cleanface-checkpoint")
+        self._thread.start()
+
+    def _write(self, path: Path, data: bytes) -> None:
+        try:
+            atomic_write_bytes(path, data)
+        except BaseException as exc:  # handed to the training thread by wait()
+            self._error = exc
+
+    def wait(self) -> None:
+        """Block until the pending write is on disk; raise its error, if any."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
 
 
 def load(path: str | os.PathLike, *, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -7,6 +7,7 @@ shards the class weights of the head over the ranks (:class:`DistributedPartialF
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import os
 from dataclasses import dataclass
@@ -34,8 +35,24 @@ def setup(device: str) -> Dist:
     if world <= 1:
         return Dist()
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
+        init(backend="nccl" if device.startswith("cuda") else "gloo")
     return Dist(dist.get_rank(), int(os.environ.get("LOCAL_RANK", "0")), dist.get_world_size())
+
+
+def init(backend: str) -> None:
+    """Join the process group, and leave it when the interpreter exits.
+
+    Left to the interpreter's teardown, the group's communication threads could be
+    destroyed while still running, and the process would end with SIGABRT
+    ("terminate called without an active exception") after its work was done.
+    """
+    dist.init_process_group(backend=backend)
+    atexit.register(_leave)
+
+
+def _leave() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def barrier(d: Dist) -> None:

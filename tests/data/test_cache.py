@@ -122,22 +122,30 @@ def test_interrupted_build_resumes_where_it_stopped(index, tmp_path, monkeypatch
     assert np.array_equal(cache.valid, fresh.valid) and len(cache.bad_files) == 1
 
 
-def test_a_live_builder_holds_the_partial_cache(index, tmp_path):
+def test_a_second_builder_waits_for_the_first_and_uses_its_cache(index, tmp_path):
+    import subprocess
+    import sys
+    import time
+
     from cleanface._atomic import RunLock
 
-    partial = tmp_path / f".{cache_key(index, 16, None)}.partial"
-    partial.mkdir(parents=True)
-    with RunLock(partial):
-        import subprocess
-        import sys
-
-        # the lock belongs to this (live) process; another process must be refused
-        code = (
-            "import sys; from cleanface.data.folder import read_folder; from cleanface.data.cache import DecodeCache\n"
-            f"DecodeCache.build(read_folder({str(index.root)!r}), {str(tmp_path)!r}, size=16, crop=None, silent=True)"
-        )
-        run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-        assert run.returncode != 0 and LockError.__name__ in run.stderr and "in use by process" in run.stderr
+    final = tmp_path / cache_key(index, 16, None)
+    code = (
+        "import cleanface.data.cache as m; from cleanface.data.folder import read_folder\n"
+        "real, n = m._decode_many, []\n"
+        "m._decode_many = lambda *a: (n.append(1), real(*a))[1]\n"
+        f"c = m.DecodeCache.build(read_folder({str(index.root)!r}), {str(tmp_path)!r}, size=16, crop=None, silent=True)\n"
+        "print('decoded', len(n), 'images', len(c.images))"
+    )
+    with RunLock.beside(final):  # this process is the first builder
+        second = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(1.5)
+        assert second.poll() is None, second.communicate()  # it waits instead of failing
+        first = DecodeCache.build(index, tmp_path, size=16, crop=None, silent=True)
+    out, err = second.communicate(timeout=60)
+    assert second.returncode == 0, err
+    assert out.split() == ["decoded", "0", "images", str(len(first.images))]  # it opened the first one's cache
+    assert not list(tmp_path.glob(".*partial"))
 
 
 def test_parallel_build_equals_serial_build(index, tmp_path, monkeypatch):

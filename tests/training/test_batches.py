@@ -2,7 +2,7 @@ import numpy as np
 import torch
 
 from cleanface.data.images import flip_batch, to_tensor_batch
-from cleanface.training.batches import _cached_batch, epoch_plan, prefetch, rank_batches
+from cleanface.training.batches import epoch_plan, mirrored, prefetch, rank_batches
 
 
 def test_cached_batches_equal_the_reference_conversion_bit_for_bit():
@@ -11,7 +11,7 @@ def test_cached_batches_equal_the_reference_conversion_bit_for_bit():
     flips = rng.random(9) < 0.5
     expected = to_tensor_batch(raw.copy())
     flip_batch(expected, torch.from_numpy(flips))
-    got = _cached_batch(raw.copy(), flips)
+    got = to_tensor_batch(mirrored(raw.copy(), flips))
     assert got.dtype == torch.float32 and got.is_contiguous()
     assert torch.equal(got, expected)
     assert float(got.min()) >= -1.0 and float(got.max()) <= 1.0
