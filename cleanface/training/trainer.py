@@ -207,7 +207,7 @@ class _Trainer:
             "bad_files": len(self.index.bad_files), "bad_files_first": [[b.location, b.reason] for b in self.index.bad_files[:20]],
             "seed": cfg.seed, "device": self.device, "device_name": _device_name(self.device), "world_size": self.d.world,
             "global_batch": self.global_batch, "steps_per_epoch": self.steps_per_epoch, "total_steps": self.total_steps,
-            "warmup_steps": self.warmup_steps, "optimizer": {"name": "sgd", "lr": cfg.lr, "momentum": cfg.momentum, "weight_decay": cfg.weight_decay},
+            "warmup_steps": self.warmup_steps, "optimizer": {"name": "sgd", "lr": cfg.lr, "momentum": cfg.momentum, "weight_decay": cfg.weight_decay, "fused": self.fused},
             "schedule": {"name": cfg.schedule, "power": cfg.power}, "amp": cfg.amp, "cleanface": __version__, "torch": torch.__version__,
         }
 
