@@ -6,6 +6,8 @@ Each ``cli/*_cmds.py`` module lists its commands in ``COMMANDS``; they are added
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 
 import click
 
@@ -31,5 +33,28 @@ for _name in _MODULES:
         cli.add_command(_command)
 
 
+def main() -> None:
+    """The ``cleanface`` entry point.
+
+    Under ``torchrun`` (``WORLD_SIZE`` > 1) a process whose command succeeded waits for
+    the others, leaves the process group and exits at once: left to the interpreter's
+    teardown, the communication threads could still hold tensors and callbacks when
+    Python is gone, and a finished process would end with SIGABRT.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        cli()
+        return
+    try:
+        cli()
+        code: int | str | None = 0
+    except SystemExit as exc:
+        code = exc.code
+    if code not in (0, None):
+        sys.exit(code)
+    from cleanface.training.distributed import leave_and_exit
+
+    leave_and_exit()
+
+
 if __name__ == "__main__":
-    cli()
+    main()

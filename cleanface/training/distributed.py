@@ -8,8 +8,10 @@ shards the class weights of the head over the ranks (:class:`DistributedPartialF
 from __future__ import annotations
 
 import atexit
+import gc
 import hashlib
 import os
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,6 +55,22 @@ def init(backend: str) -> None:
 def _leave() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def leave_and_exit() -> None:
+    """End a process of a successful multi-process command: in step with the others, without interpreter teardown.
+
+    Waits until every process is done (rank 0 writes the run's outputs after the last
+    collective), frees the DDP state and its communication callbacks while Python is
+    still whole, leaves the process group, flushes the output and exits with status 0.
+    """
+    if dist.is_initialized():
+        dist.barrier()
+        gc.collect()
+        dist.destroy_process_group()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def barrier(d: Dist) -> None:
