@@ -1,4 +1,4 @@
-"""Purification decisions at scale: time and peak memory per stage, from 10k to 1M images.
+"""Purification decisions at scale: time and peak memory per stage, from 10k to 10M images.
 
 Embeddings are random but structured like a trained sub-center model's: identities =
 images / 10, K = 3 sub-centers of 512 dimensions each (random directions, so nearly
@@ -12,7 +12,11 @@ Usage::
 
     OMP_NUM_THREADS=2 .venv/bin/python benchmarks/purify_scale.py --sizes 10000,100000,1000000 --out bench-out/purify_scale.json
 
-Prints one line per size and stage (seconds, peak RSS while the stage ran) and writes
+    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/purify_scale.py --sizes 10000000 --centers-dtype float16 \
+        --workdir bench-out --out bench-out/purify_scale_10m.json   # 10 GB of float16 on disk
+
+Prints one line per size and stage (seconds, peak RSS while the stage ran, in all and
+anonymous: the mapped float16 file's pages count in RSS but can be dropped) and writes
 the figures to ``--out`` as JSON, with the CPU seconds the process used during
 ``decide`` and the system load average before and after it: on a shared machine, CPU
 seconds / wall seconds below the core count means other processes took the rest.
@@ -42,18 +46,26 @@ D, K = 512, 3
 CHUNK = 65_536
 
 
-def rss_mb() -> float:
-    """Resident memory of this process in MB (from /proc)."""
-    with open("/proc/self/statm") as handle:
-        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+def rss_mb() -> dict[str, float]:
+    """Resident memory of this process in MB (from /proc): ``rss`` in all, ``anon`` (heap: what must fit in RAM)
+    and ``file`` (pages of mapped files such as the float16 embeddings, which the kernel can drop and re-read)."""
+    fields = {"VmRSS:": "rss", "RssAnon:": "anon", "RssFile:": "file"}
+    out = {}
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            parts = line.split()
+            if parts and parts[0] in fields:
+                out[fields[parts[0]]] = int(parts[1]) / 1024
+    return out
 
 
 class StageMemory:
-    """Samples RSS every 20 ms in a thread and keeps the peak of each stage named by ``mark``."""
+    """Samples RSS every 20 ms in a thread and keeps the peak of each stage named by ``mark`` (in all and anonymous)."""
 
     def __init__(self) -> None:
         self.stage = "setup"
         self.peaks: dict[str, float] = {}
+        self.anon_peaks: dict[str, float] = {}
         self.starts: dict[str, float] = {}
         self.seconds: dict[str, float] = {}
         self._stop = threading.Event()
@@ -66,7 +78,8 @@ class StageMemory:
 
     def _record(self) -> None:
         value = rss_mb()
-        self.peaks[self.stage] = max(self.peaks.get(self.stage, 0.0), value)
+        self.peaks[self.stage] = max(self.peaks.get(self.stage, 0.0), value["rss"])
+        self.anon_peaks[self.stage] = max(self.anon_peaks.get(self.stage, 0.0), value["anon"])
 
     def mark(self, name: str) -> None:
         now = time.perf_counter()
@@ -92,19 +105,27 @@ def cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def make_embeddings(n: int, folder: Path, seed: int = 0) -> tuple[np.memmap, np.ndarray, np.ndarray, dict]:
+def make_centers(rng: np.random.Generator, c: int, dtype: type) -> np.ndarray:
+    """Random unit sub-centers (c, K, D) in ``dtype``, drawn block by block (the same numbers as one draw of (c, K, D))."""
+    centers = np.empty((c, K, D), dtype=dtype)
+    for s in range(0, c, CHUNK):
+        block = rng.standard_normal((min(c, s + CHUNK) - s, K, D), dtype=np.float32)
+        centers[s : s + len(block)] = block / np.linalg.norm(block, axis=2, keepdims=True)
+    return centers
+
+
+def make_embeddings(n: int, folder: Path, seed: int = 0, centers_dtype: type = np.float32) -> tuple[np.memmap, np.ndarray, np.ndarray, dict]:
     """Write structured float16 embeddings (n, 512) to ``folder``; return them memory-mapped, labels, centers, truth counts."""
     rng = np.random.default_rng(seed)
     c = max(2, n // 10)
-    centers = rng.standard_normal((c, K, D), dtype=np.float32)
-    centers /= np.linalg.norm(centers, axis=2, keepdims=True)
+    centers = make_centers(rng, c, centers_dtype)
     labels = np.sort(rng.integers(0, c, n))
     kind = rng.choice(3, size=n, p=[0.8, 0.1, 0.1])  # 0 clean, 1 close-set, 2 own non-dominant sub-center
     emb = np.lib.format.open_memmap(folder / "embeddings.npy", mode="w+", dtype=np.float16, shape=(n, D))
     for s in range(0, n, CHUNK):
         e = min(n, s + CHUNK)
         lab, kd = labels[s:e], kind[s:e]
-        target = centers[lab, 0].copy()
+        target = centers[lab, 0].astype(np.float32)
         close = kd == 1
         target[close] = centers[rng.integers(0, c, int(close.sum())), 0]
         own = kd == 2
@@ -122,9 +143,9 @@ def make_embeddings(n: int, folder: Path, seed: int = 0) -> tuple[np.memmap, np.
     return np.load(folder / "embeddings.npy", mmap_mode="r"), labels, centers, truth
 
 
-def run_size(n: int, workdir: Path, settings: PurifySettings) -> dict:
+def run_size(n: int, workdir: Path, settings: PurifySettings, centers_dtype: type = np.float32) -> dict:
     t0 = time.perf_counter()
-    emb, labels, centers, truth = make_embeddings(n, workdir)
+    emb, labels, centers, truth = make_embeddings(n, workdir, centers_dtype=centers_dtype)
     generate = time.perf_counter() - t0
     load_before = os.getloadavg()
     with StageMemory() as mem:
@@ -135,13 +156,14 @@ def run_size(n: int, workdir: Path, settings: PurifySettings) -> dict:
         total = time.perf_counter() - t0
         cpu = cpu_seconds() - cpu0
         mem.mark("end")
-    stages = {name: {"seconds": d.timings.get(name, mem.seconds.get(name)), "peak_rss_mb": round(mem.peaks.get(name, 0.0), 1)}
-              for name in d.timings}
+    stages = {name: {"seconds": d.timings.get(name, mem.seconds.get(name)), "peak_rss_mb": round(mem.peaks.get(name, 0.0), 1),
+                     "peak_anon_mb": round(mem.anon_peaks.get(name, 0.0), 1)} for name in d.timings}
     return {
         "images": n, "identities": int(centers.shape[0]), "k": K, "dim": D, "generate_seconds": round(generate, 2),
         "decide_seconds": round(total, 2), "decide_cpu_seconds": round(cpu, 2),
         "load_average_before": [round(x, 2) for x in load_before], "load_average_after": [round(x, 2) for x in os.getloadavg()],
-        "stages": stages, "peak_rss_mb": round(max(mem.peaks.values()), 1),
+        "stages": stages, "peak_rss_mb": round(max(mem.peaks.values()), 1), "peak_anon_mb": round(max(mem.anon_peaks.values()), 1),
+        "centers_dtype": np.dtype(centers_dtype).name, "embeddings_gb": round(n * D * 2 / 1e9, 2),
         "actions": d.action_counts(), "faiss": d.faiss, "outlier_clustering": d.outlier_info,
         "duplicate_pairs": int(len(d.duplicate_pairs)), "advised_threshold": d.advice["threshold"], "truth": truth,
     }
@@ -152,19 +174,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sizes", default="10000,100000", help="comma-separated image counts, e.g. 10000,100000,1000000")
     parser.add_argument("--out", default="bench-out/purify_scale.json", help="JSON output file")
     parser.add_argument("--workdir", default=None, help="where the float16 embeddings go (default: a temporary folder)")
+    parser.add_argument("--centers-dtype", choices=["float32", "float16"], default="float32",
+                        help="dtype of the sub-centers handed to decide (float16 halves them: 3 GB at 10M images)")
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",") if s]
     settings = PurifySettings()
     results = []
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         for n in sizes:
-            result = run_size(n, Path(tmp), settings)
+            result = run_size(n, Path(tmp), settings, centers_dtype=np.dtype(args.centers_dtype).type)
             results.append(result)
             print(f"{n:>9} images, {result['identities']} identities: decide {result['decide_seconds']:.1f} s, peak RSS {result['peak_rss_mb']:.0f} MB "
+                  f"({result['peak_anon_mb']:.0f} MB anonymous) "
                   f"(generation {result['generate_seconds']:.1f} s); CPU {result['decide_cpu_seconds']:.1f} s, "
                   f"load average {result['load_average_before'][0]:.1f} before, {result['load_average_after'][0]:.1f} after", flush=True)
             for name, stage in result["stages"].items():
-                print(f"           {name:<10} {stage['seconds']:>8.2f} s  {stage['peak_rss_mb']:>8.0f} MB", flush=True)
+                print(f"           {name:<10} {stage['seconds']:>8.2f} s  {stage['peak_rss_mb']:>8.0f} MB  {stage['peak_anon_mb']:>8.0f} MB anonymous", flush=True)
             print(f"           actions {result['actions']}  faiss {result['faiss']}", flush=True)
             (Path(tmp) / "embeddings.npy").unlink()
     out = Path(args.out)

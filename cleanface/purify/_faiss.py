@@ -2,7 +2,9 @@
 
 Below ``exact_below`` vectors the index is exact (``Flat``); above, it is
 ``IVF{nlist},Flat`` with ``nlist`` the power of two nearest sqrt(n) and ``nprobe``
-set by name. The factory string and search parameters are returned so that a result
+set by name, or ``IVF{nlist},SQfp16`` with ``storage="float16"``: the same cells, the
+vectors kept as float16 (half the memory: 1 KB per 512-d vector; their inner products
+are then within :data:`FP16_COS_ERROR` of the float32 ones). The factory string and search parameters are returned so that a result
 can be reproduced. Vectors of any float dtype (a float16 memmap is fine) are cast to
 float32 and L2-normalised chunk by chunk (inner product = cosine); rows holding NaN or
 inf become zero vectors, whose score with anything is 0.
@@ -10,7 +12,8 @@ inf become zero vectors, whose score with anything is 0.
 An IVF index is searched cell by cell rather than query by query (:func:`search`):
 each query is sent to its ``nprobe`` nearest centroids, as FAISS does, and then every
 cell scores all the queries sent to it against all its vectors in one matrix product
-(BLAS), read straight from FAISS's inverted lists. The candidates are the ones FAISS's
+(BLAS), read straight from FAISS's inverted lists (float16 lists are converted one cell
+at a time). The candidates are the ones FAISS's
 own IVF-Flat search scans and the scores are exact inner products, so the result is the
 same up to float rounding and the order of ties; on a few cores it is several times
 faster, because a cell's vectors are read once per block of queries instead of once per
@@ -38,6 +41,9 @@ faiss.omp_set_num_threads(os.cpu_count() or 1)
 
 SEARCH_CHUNK = 16_384
 IVF_QUERY_CHUNK = 65_536  # queries per pass of the cell-by-cell IVF search (128 MB as float32 at 512-d)
+SELF_QUERY_CHUNK_FP16 = 1_048_576  # queries per pass of a self-search over float16 lists (kept as float16: 1 GB at 512-d);
+# every pass converts every probed cell once, so fewer, larger passes
+FP16_COS_ERROR = 2e-3  # bound on |float16-stored inner product - float32 one| for unit vectors (2 x 2^-11 per side, rounded up)
 PROBE_BLOCK = 4096  # queries per matrix product with the centroids
 FLAT_BLOCK = 2048  # queries per call of an exact (flat) search
 
@@ -68,32 +74,40 @@ class BuiltIndex:
         return f"{self.factory} {self.params}".strip()
 
 
-def choose_factory(n: int, *, exact_below: int = 50_000, nprobe: int | None = None) -> tuple[str, str]:
+def choose_factory(n: int, *, exact_below: int = 50_000, nprobe: int | None = None, storage: str = "float32") -> tuple[str, str]:
     """The factory string and search parameters for ``n`` vectors.
 
     ``nlist`` is the power of two nearest sqrt(n): on few cores the coarse quantizer
     (nlist inner products per query) costs as much as the scan, so the usual 4-16 x
-    sqrt(n) does not pay. ``nprobe`` defaults to max(8, nlist // 32).
+    sqrt(n) does not pay. ``nprobe`` defaults to max(8, nlist // 32). ``storage``
+    (``"float32"`` or ``"float16"``) is how an IVF index keeps its vectors; an exact
+    index is always float32.
     """
+    if storage not in ("float32", "float16"):
+        raise ValueError(f"storage must be float32 or float16, got {storage!r}")
     if n < exact_below:
         return "Flat", ""
     nlist = 2 ** int(round(math.log2(math.sqrt(n))))
     nprobe = max(8, nlist // 32) if nprobe is None else max(1, min(nprobe, nlist))
-    return f"IVF{nlist},Flat", f"nprobe={nprobe}"
+    return f"IVF{nlist},{'Flat' if storage == 'float32' else 'SQfp16'}", f"nprobe={nprobe}"
 
 
 def build_index(
-    vectors: np.ndarray, *, exact_below: int = 50_000, nprobe: int | None = None, seed: int = 0, silent: bool = True, what: str = "vectors"
+    vectors: np.ndarray, *, exact_below: int = 50_000, nprobe: int | None = None, seed: int = 0, silent: bool = True, what: str = "vectors",
+    storage: str = "float32",
 ) -> BuiltIndex:
     """Build an inner-product index over the rows of ``vectors`` (n, d), normalised chunk by chunk.
 
     IVF centroids come from 10 k-means iterations over at most 32 * nlist rows drawn
     with ``seed``; each vector then goes to the cell of its nearest centroid, found
     together with its ``nprobe`` nearest (kept in :attr:`BuiltIndex.probes`).
+    ``storage="float16"`` keeps an IVF index's vectors as float16 (see :func:`choose_factory`).
     """
     n, d = vectors.shape
-    factory, params = choose_factory(n, exact_below=exact_below, nprobe=nprobe)
+    factory, params = choose_factory(n, exact_below=exact_below, nprobe=nprobe, storage=storage)
     index = faiss.index_factory(d, factory, faiss.METRIC_INNER_PRODUCT)
+    if factory.endswith("SQfp16"):
+        faiss.extract_index_ivf(index).by_residual = False  # the lists hold the vectors themselves, not their offsets from the centroid
     if not index.is_trained:
         ivf = faiss.extract_index_ivf(index)
         ivf.cp.seed = 1234 + seed
@@ -151,22 +165,33 @@ def self_search(built: BuiltIndex, k: int, *, min_score: float | None = None, si
             probes = built.probes[:, :want]
         ivf.make_direct_map(True)  # for reconstruct_n: one int64 per vector
     try:
+        if ivf is not None and _is_fp16(ivf):
+            return _search(built, n, lambda s, e: _reconstruct_fp16(built.index, s, e), probes, k, min_score, silent, what, step=SELF_QUERY_CHUNK_FP16)
         return _search(built, n, lambda s, e: built.index.reconstruct_n(s, e - s), probes, k, min_score, silent, what)
     finally:
         if ivf is not None:
             ivf.make_direct_map(False)
 
 
+def _reconstruct_fp16(index: faiss.Index, start: int, stop: int) -> np.ndarray:
+    """Rows ``start:stop`` of a float16-storing index, as float16 (exact: they were stored so), decoded piece by piece."""
+    out = np.empty((stop - start, index.d), dtype=np.float16)
+    for s in range(start, stop, IVF_QUERY_CHUNK):
+        e = min(stop, s + IVF_QUERY_CHUNK)
+        out[s - start : e - start] = index.reconstruct_n(s, e - s)
+    return out
+
+
 def _search(
     built: BuiltIndex, q: int, rows: Callable[[int, int], np.ndarray], probes: np.ndarray | None, k: int,
-    min_score: float | None, silent: bool, what: str,
+    min_score: float | None, silent: bool, what: str, step: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Search ``q`` queries whose normalised rows ``rows(start, stop)`` returns, chunk by chunk."""
+    """Search ``q`` queries whose normalised rows ``rows(start, stop)`` returns, ``step`` at a time."""
     k = max(1, min(k, built.index.ntotal))
     scores = np.full((q, k), -np.inf, dtype=np.float32)
     ids = np.full((q, k), -1, dtype=np.int64)
     ivf = _ivf_of(built.index)
-    step = SEARCH_CHUNK if ivf is None else IVF_QUERY_CHUNK
+    step = step or (SEARCH_CHUNK if ivf is None else IVF_QUERY_CHUNK)
     with make_progress(silent=silent) as progress:
         task = progress.add_task(what, total=q)
         for s in range(0, q, step):
@@ -199,30 +224,38 @@ def _search_flat(index: faiss.Index, x: np.ndarray, k: int) -> tuple[np.ndarray,
 
 
 def _ivf_of(index: faiss.Index) -> faiss.IndexIVF | None:
-    """The IVF-Flat part of ``index`` (searched cell by cell), None for any other index."""
+    """The IVF-Flat or IVF-SQfp16 part of ``index`` (searched cell by cell), None for any other index."""
     try:
         ivf = faiss.extract_index_ivf(index)
     except RuntimeError:
         return None
     flat_codes = ivf.code_size == ivf.d * 4 and isinstance(index, faiss.IndexIVFFlat)
-    return ivf if flat_codes else None
+    return ivf if flat_codes or _is_fp16(ivf) else None
+
+
+def _is_fp16(ivf: faiss.IndexIVF) -> bool:
+    """Whether ``ivf`` stores its vectors as raw float16 (``SQfp16``)."""
+    sq = faiss.downcast_index(ivf)
+    return isinstance(sq, faiss.IndexIVFScalarQuantizer) and sq.sq.qtype == faiss.ScalarQuantizer.QT_fp16 and ivf.code_size == ivf.d * 2
 
 
 def _cell(ivf: faiss.IndexIVF, c: int) -> tuple[np.ndarray, np.ndarray]:
-    """The vectors (m, d) float32 and ids (m,) int64 of inverted list ``c``: views into the index, no copy."""
+    """The vectors (m, d) float32 and ids (m,) int64 of inverted list ``c``: views into the index (float16 lists: a float32 copy)."""
     lists = ivf.invlists
     m = lists.list_size(c)
     if m == 0:
         return np.zeros((0, ivf.d), np.float32), np.zeros(0, np.int64)
     codes = faiss.rev_swig_ptr(lists.get_codes(c), m * lists.code_size)
     ids = faiss.rev_swig_ptr(lists.get_ids(c), m)
+    if lists.code_size == ivf.d * 2:
+        return np.frombuffer(codes, dtype=np.float16).reshape(m, ivf.d).astype(np.float32), np.frombuffer(ids, dtype=np.int64)
     return np.frombuffer(codes, dtype=np.float32).reshape(m, ivf.d), np.frombuffer(ids, dtype=np.int64)
 
 
 def _search_ivf_by_cell(
     ivf: faiss.IndexIVF, x: np.ndarray, k: int, min_score: float | None, probes: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """IVF-Flat search of the normalised queries ``x`` (B, d), one matrix product per probed cell.
+    """IVF search of the normalised queries ``x`` (B, d), float32 or float16, one matrix product per probed cell.
 
     Each query goes to its ``nprobe`` nearest centroids (or to the given ``probes``,
     (B, nprobe)); each cell keeps the best ``k`` of its scores per query in that query's
@@ -243,7 +276,7 @@ def _search_ivf_by_cell(
         m = len(ids)
         if m == 0:
             return
-        gram = x[rows] @ vectors.T  # (rows, m)
+        gram = np.asarray(x[rows], dtype=np.float32) @ vectors.T  # (rows, m); float16 queries are converted here, a cell's share at a time
         if min_score is not None:
             hit = gram.max(axis=1) >= min_score
             if not hit.any():
@@ -269,7 +302,7 @@ def nearest_cells(x: np.ndarray, centroids: np.ndarray, nprobe: int) -> np.ndarr
     """The ``nprobe`` centroids of highest inner product with each row of ``x``, best first: int64 (B, nprobe)."""
     if len(x) == 0:
         return np.zeros((0, nprobe), np.int64)
-    blocks = parallel_map(lambda s: top_columns(x[s : s + PROBE_BLOCK] @ centroids.T, nprobe), range(0, len(x), PROBE_BLOCK))
+    blocks = parallel_map(lambda s: top_columns(np.asarray(x[s : s + PROBE_BLOCK], dtype=np.float32) @ centroids.T, nprobe), range(0, len(x), PROBE_BLOCK))
     return np.concatenate(blocks)
 
 

@@ -43,6 +43,7 @@ from cleanface.purify.analysis import (
     nearest_subcenter,
     non_dominant,
     subcenter_votes,
+    unit_rows,
 )
 from cleanface.purify.outliers import components, outlier_groups
 from cleanface.purify.settings import PurifySettings
@@ -68,6 +69,7 @@ RELABEL_CANDIDATES = 4  # dominant sub-centers searched per dropped image (own i
 MERGE_NEIGHBOURS = 10  # neighbours searched per dominant sub-center for merges
 DUP_NEIGHBOURS = 5  # neighbours searched per sample for near-duplicates
 DUP_NPROBE = 4  # IVF cells searched for near-duplicates: pairs at cosine >= 0.98 almost always share a cell
+SAMPLE_STORAGE = "float16"  # how the IVF index of all samples keeps them: 1 KB per 512-d image instead of 2 KB; pairs are re-scored in float32
 REPORTED_DUPLICATES = 1000  # pairs listed in full in the summary (all are in analysis.npz)
 
 
@@ -237,7 +239,7 @@ def split_candidates(votes: np.ndarray, centers: np.ndarray, split_angle: float,
     strong = (total > 0) & (s1 >= min_share) & (s2 >= min_share)
     out = []
     for c in np.flatnonzero(strong):
-        ang = float(cos_to_degrees(np.dot(centers[c, first[c]], centers[c, second[c]])))
+        ang = float(cos_to_degrees(np.dot(centers[c, first[c]].astype(np.float32), centers[c, second[c]].astype(np.float32))))
         if ang > split_angle:
             out.append({"label": int(c), "subcenters": [int(first[c]), int(second[c])],
                         "shares": [round(float(s1[c]), 4), round(float(s2[c]), 4)], "angle": round(ang, 4)})
@@ -281,10 +283,12 @@ def near_duplicates(embeddings: np.ndarray, finite: np.ndarray, dup_cos: float, 
     n = len(embeddings)
     if built.index.ntotal != n:
         raise ValueError(f"the index must hold the {n} embeddings, it holds {built.index.ntotal} vectors")
-    scores, ids = _faiss.self_search(built, DUP_NEIGHBOURS + 1, min_score=dup_cos, silent=silent, what="duplicate search")
+    stored16 = built.factory.endswith("SQfp16")
+    floor = dup_cos - _faiss.FP16_COS_ERROR if stored16 else dup_cos
+    scores, ids = _faiss.self_search(built, DUP_NEIGHBOURS + 1, min_score=floor, silent=silent, what="duplicate search")
     rows = np.repeat(np.arange(n), ids.shape[1])
     cols, sc = ids.ravel(), scores.ravel()
-    keep = (cols >= 0) & (cols != rows) & (sc >= dup_cos)
+    keep = (cols >= 0) & (cols != rows) & (sc >= floor)
     rows, cols, sc = rows[keep], cols[keep], sc[keep]
     keep = finite[rows] & finite[cols]
     a = np.minimum(rows[keep], cols[keep])
@@ -293,7 +297,21 @@ def near_duplicates(embeddings: np.ndarray, finite: np.ndarray, dup_cos: float, 
     key = a * n + b
     key, first = np.unique(key, return_index=True)
     pairs = np.stack([key // n, key % n], axis=1).astype(np.int64) if len(key) else np.zeros((0, 2), np.int64)
-    return pairs, sc[first].astype(np.float32)
+    sc = sc[first].astype(np.float32)
+    if stored16:  # float16 scores only nominate: the pairs are scored again from the embeddings, in float32
+        sc = exact_cosines(embeddings, pairs)
+        pairs, sc = pairs[sc >= dup_cos], sc[sc >= dup_cos]
+    return pairs, sc
+
+
+def exact_cosines(embeddings: np.ndarray, pairs: np.ndarray, *, chunk: int = 65_536) -> np.ndarray:
+    """Cosine of each pair of rows of ``embeddings`` (any float dtype, a memmap is fine), in float32: (P,)."""
+    out = np.empty(len(pairs), dtype=np.float32)
+    for s in range(0, len(pairs), chunk):
+        a = l2_normalize(embeddings[pairs[s : s + chunk, 0]])
+        b = l2_normalize(embeddings[pairs[s : s + chunk, 1]])
+        out[s : s + chunk] = np.einsum("ij,ij->i", a, b)
+    return out
 
 
 def members_by_group(group: np.ndarray, *, min_size: int = 1) -> list[tuple[int, np.ndarray]]:
@@ -346,7 +364,8 @@ def decide(
         Any float dtype; a memmap is read in chunks.
     labels : ndarray of shape (N,), int in [0, C)
     centers : ndarray of shape (C, K, D)
-        Sub-centers of the trained head (normalised here).
+        Sub-centers of the trained head (normalised here, without a copy when they
+        already are); float16 halves their memory at millions of identities.
     settings : PurifySettings, optional
         Defaults when None.
     names : list of str, optional
@@ -362,7 +381,7 @@ def decide(
     """
     settings = settings or PurifySettings()
     labels = np.ascontiguousarray(labels, dtype=np.int64)
-    centers = l2_normalize(centers)
+    centers = unit_rows(centers)
     num_classes, k = centers.shape[:2]
     names = [str(c) for c in range(num_classes)] if names is None else list(names)
     if len(names) != num_classes:
@@ -441,6 +460,8 @@ def decide(
             action[moved], reason[moved] = RELABEL, R_CLOSER
             new_label[moved] = merge_to[label_c[ok]]
 
+    dom_index = dom_vectors = None  # freed before the sample index is built (2 GB at 1M identities)
+
     # 6. coherent groups among what is still dropped
     clock.stage("hdbscan")
     pool = np.flatnonzero((action == DROP) & finite)
@@ -469,7 +490,7 @@ def decide(
     pairs, pair_cos = np.zeros((0, 2), np.int64), np.zeros(0, np.float32)
     if n >= 2:
         sample_index = _faiss.build_index(embeddings, exact_below=settings.exact_below, nprobe=DUP_NPROBE, seed=settings.seed,
-                                          silent=silent, what="samples")
+                                          silent=silent, what="samples", storage=SAMPLE_STORAGE)
         faiss_info["samples"] = sample_index.describe()
         pairs, pair_cos = near_duplicates(embeddings, finite, settings.dup_cos, sample_index, silent=silent)
         del sample_index

@@ -11,6 +11,7 @@ from cleanface.purify.analysis import (
     nearest_subcenter,
     non_dominant,
     subcenter_votes,
+    unit_rows,
 )
 from tests.purify.conftest import basis_centers, toward
 
@@ -87,3 +88,33 @@ def test_identity_stats():
     np.testing.assert_allclose(s.angle_spread[:2], [16, 32], rtol=1e-5)
     np.testing.assert_allclose(s.drop_share[:2], [0.25, 0.5])
     assert np.isnan(s.angle_mean[2]) and np.isnan(s.drop_share[2])
+
+
+def test_unit_rows_keeps_float16_and_does_not_copy_unit_rows():
+    rng = np.random.default_rng(3)
+    raw = rng.standard_normal((50, 3, 16)) * 4
+    raw[2, 1] = 0.0
+    for dtype in (np.float16, np.float32):
+        x = raw.astype(dtype)
+        y = unit_rows(x, chunk=7)
+        assert y.dtype == dtype and y.shape == x.shape and y is not x
+        norms = np.linalg.norm(y.astype(np.float64), axis=-1)
+        assert np.all(y[2, 1] == 0) and np.allclose(np.delete(norms.ravel(), 2 * 3 + 1), 1.0, atol=2e-3)
+        assert unit_rows(y, chunk=7) is y  # already unit length: used as it is
+    mixed = unit_rows(raw.astype(np.float32))
+    mixed[-1] *= 2  # unit rows first, one long row in the last chunk
+    fixed = unit_rows(mixed, chunk=7)
+    assert fixed is not mixed and np.allclose(np.linalg.norm(fixed[-1], axis=-1), 1.0, atol=1e-6)
+    np.testing.assert_array_equal(fixed[:-1], mixed[:-1])
+    assert unit_rows(raw).dtype == np.float32  # float64 in, float32 out
+
+
+def test_float16_centers_give_the_float32_cosines():
+    rng = np.random.default_rng(6)
+    centers = rng.standard_normal((20, 3, 32)).astype(np.float32)
+    labels = rng.integers(0, 20, 300)
+    emb = rng.standard_normal((300, 32)).astype(np.float16)
+    n32, c32 = nearest_subcenter(emb, labels, centers)
+    n16, c16 = nearest_subcenter(emb, labels, centers.astype(np.float16))
+    assert c16.dtype == np.float32 and np.abs(c16 - c32).max() < 2e-3
+    assert (n16 == n32).mean() > 0.97

@@ -138,3 +138,53 @@ def test_top_columns():
     assert _faiss.top_columns(s, 3).tolist() == [[1, 3, 2], [0, 1, 2]]
     assert _faiss.top_columns(s, 9).tolist() == [[1, 3, 2, 0], [0, 1, 2, 3]]
     assert sorted(_faiss.top_columns(s, 2, ordered=False)[1].tolist()) == [0, 1]
+
+
+def _pair_at(rng: np.random.Generator, cos: float, d: int) -> list[np.ndarray]:
+    """Two unit vectors whose cosine is ``cos``."""
+    u = unit(rng.standard_normal(d))
+    w = rng.standard_normal(d)
+    w = unit(w - (w @ u) * u)
+    return [u, cos * u + np.sqrt(1 - cos * cos) * w]
+
+
+def test_float16_lists_give_the_float32_pairs_and_cosines():
+    x, _, n = planted_data()
+    rng = np.random.default_rng(5)
+    edge = _pair_at(rng, DUP_COS + 3e-4, 64) + _pair_at(rng, DUP_COS - 3e-4, 64)  # within float16 rounding of the threshold
+    x = np.concatenate([x, np.array(edge, dtype=np.float32)])
+    finite = np.ones(len(x), dtype=bool)
+    truth, truth_cos = brute_force_pairs(x, finite, DUP_COS)
+    last = len(x) - 4
+    assert [last, last + 1] in truth.tolist() and [last + 2, last + 3] not in truth.tolist()
+
+    built = _faiss.build_index(x, exact_below=1000, nprobe=DUP_NPROBE, seed=0, storage="float16")
+    assert built.describe() == f"IVF64,SQfp16 nprobe={DUP_NPROBE}"
+    assert faiss_ivf(built).code_size == 64 * 2  # two bytes per component in the inverted lists
+    pairs, cos = near_duplicates(x, finite, DUP_COS, built)
+    np.testing.assert_array_equal(pairs, truth)
+    np.testing.assert_allclose(cos, truth_cos, atol=1e-6)  # re-scored in float32, not the float16 scores
+
+
+def faiss_ivf(built):
+    import faiss
+
+    return faiss.extract_index_ivf(built.index)
+
+
+def test_self_search_over_float16_lists_in_several_passes(monkeypatch):
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((3000, 32)).astype(np.float32)
+    full = _faiss.build_index(x, exact_below=1000, nprobe=3)
+    half = _faiss.build_index(x, exact_below=1000, nprobe=3, storage="float16")
+    np.testing.assert_array_equal(full.probes, half.probes)  # the same cells
+    s32, i32 = _faiss.self_search(full, 5)
+    s16, i16 = _faiss.self_search(half, 5)
+    assert np.abs(s16 - s32).max() <= _faiss.FP16_COS_ERROR
+    assert (i16 == i32).mean() > 0.98 and (i16[:, 0] == np.arange(3000)).all()
+    monkeypatch.setattr(_faiss, "SELF_QUERY_CHUNK_FP16", 700)  # five passes instead of one
+    again = _faiss.self_search(half, 5)
+    np.testing.assert_array_equal(again[1], i16)
+    np.testing.assert_allclose(again[0], s16, atol=1e-6)  # the same products, blocked differently by BLAS
+    with pytest.raises(ValueError, match="storage"):
+        _faiss.build_index(x, storage="int8")
