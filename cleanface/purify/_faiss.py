@@ -119,22 +119,39 @@ def build_index(
         name, value = params.split("=")
         faiss.ParameterSpace().set_index_parameter(index, name, int(value))
     ivf = _ivf_of(index)
-    probes = None
-    if ivf is not None:
+    step = SEARCH_CHUNK * 4
+    with make_progress(silent=silent) as progress:
+        if ivf is None:
+            task = progress.add_task(f"index {what}", total=n)
+            for s in range(0, n, step):
+                index.add(_clean(vectors[s : s + step]))
+                progress.advance(task, min(step, n - s))
+            return BuiltIndex(index, factory, params, None)
+        # two passes: the cells of every vector first, so that each inverted list is allocated
+        # once at its final size (grown chunk by chunk, the lists took a quarter more memory)
         centroids = ivf.quantizer.reconstruct_n(0, ivf.nlist)
         probes = np.empty((n, max(1, min(ivf.nprobe, ivf.nlist))), dtype=np.int64)
-    with make_progress(silent=silent) as progress:
-        task = progress.add_task(f"index {what}", total=n)
-        for s in range(0, n, SEARCH_CHUNK * 4):
-            x = _clean(vectors[s : s + SEARCH_CHUNK * 4])
-            if ivf is None:
-                index.add(x)
-            else:
-                probes[s : s + len(x)] = nearest_cells(x, centroids, probes.shape[1])
-                cell = np.ascontiguousarray(probes[s : s + len(x), 0])
-                index.add_core(len(x), faiss.swig_ptr(x), None, faiss.swig_ptr(cell))
+        task = progress.add_task(f"index {what}", total=2 * n)
+        for s in range(0, n, step):
+            probes[s : s + step] = nearest_cells(_clean(vectors[s : s + step]), centroids, probes.shape[1])
+            progress.advance(task, min(step, n - s))
+        _reserve_lists(ivf, np.bincount(probes[:, 0], minlength=ivf.nlist))
+        for s in range(0, n, step):
+            x = _clean(vectors[s : s + step])
+            cell = np.ascontiguousarray(probes[s : s + len(x), 0])
+            index.add_core(len(x), faiss.swig_ptr(x), None, faiss.swig_ptr(cell))
             progress.advance(task, len(x))
     return BuiltIndex(index, factory, params, probes)
+
+
+def _reserve_lists(ivf: faiss.IndexIVF, sizes: np.ndarray) -> None:
+    """Give each (empty) inverted list the capacity for ``sizes[c]`` entries; growing stays within it."""
+    lists = faiss.downcast_InvertedLists(ivf.invlists)
+    if not isinstance(lists, faiss.ArrayInvertedLists):
+        return
+    for c in np.flatnonzero(sizes):
+        lists.resize(int(c), int(sizes[c]))  # std::vector keeps its capacity when shrunk
+        lists.resize(int(c), 0)
 
 
 def search(

@@ -32,6 +32,7 @@ from typing import Callable
 import numpy as np
 
 from cleanface.purify import _faiss
+from cleanface.purify._memory import release_free_memory
 from cleanface.purify.advice import advise_threshold
 from cleanface.purify.analysis import (
     IdentityStats,
@@ -461,6 +462,7 @@ def decide(
             new_label[moved] = merge_to[label_c[ok]]
 
     dom_index = dom_vectors = None  # freed before the sample index is built (2 GB at 1M identities)
+    release_free_memory()
 
     # 6. coherent groups among what is still dropped
     clock.stage("hdbscan")
@@ -494,6 +496,7 @@ def decide(
         faiss_info["samples"] = sample_index.describe()
         pairs, pair_cos = near_duplicates(embeddings, finite, settings.dup_cos, sample_index, silent=silent)
         del sample_index
+        release_free_memory()
     if settings.dedup and len(pairs):
         inside = np.isin(action[pairs[:, 0]], IN_OUTPUT) & np.isin(action[pairs[:, 1]], IN_OUTPUT)
         comp = components(n, pairs[inside, 0], pairs[inside, 1])

@@ -197,3 +197,13 @@ def test_invariants_on_random_data(seed, dedup, split, keep_groups):
     assert (a.action[~a.finite] == 1).all()
     if np.isfinite(emb[0]).all():
         assert [0, 1] in a.duplicate_pairs.tolist()
+
+
+def test_free_memory_is_handed_back_on_glibc():
+    import platform
+
+    from cleanface.purify._memory import release_free_memory
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("malloc_trim is a glibc call")
+    assert release_free_memory()
