@@ -162,17 +162,13 @@ def embed_cmd(run: str, data: str, out: str, dtype: str, batch_size: int, no_fli
     emb = embed_index(loaded.backbone, index, out, size=int(loaded.config["input_size"]), crop=loaded.config.get("crop"), batch_size=batch_size,
                       dtype=dtype, flip=not no_flip, device=device, silent=silent, shard=world > 1)
     if world > 1:
-        import torch.distributed as dist
+        from cleanface.training.distributed import barrier, setup
 
-        from cleanface.training.distributed import init
-
-        if not dist.is_initialized():
-            init("gloo")
-        dist.barrier()
-        if dist.get_rank() == 0:
-            emb = merge_shards(out, index, world, dtype=dtype)
-        else:
+        d = setup("cpu")  # gloo: the shards are files, the group only waits for them
+        barrier(d)
+        if not d.main:
             return
+        emb = merge_shards(out, index, world, dtype=dtype)
     console.print(f"embedded {len(emb)} images ({emb.shape[1]}-d, {dtype}) into {Path(out) / 'embeddings.npy'}", soft_wrap=True)
 
 

@@ -41,8 +41,8 @@ faiss.omp_set_num_threads(os.cpu_count() or 1)
 
 SEARCH_CHUNK = 16_384
 IVF_QUERY_CHUNK = 65_536  # queries per pass of the cell-by-cell IVF search (128 MB as float32 at 512-d)
-SELF_QUERY_CHUNK_FP16 = 1_048_576  # queries per pass of a self-search over float16 lists (kept as float16: 1 GB at 512-d);
-# every pass converts every probed cell once, so fewer, larger passes
+SELF_QUERY_CHUNK_FP16 = 1_048_576  # queries per self-search pass over float16 lists (1 GB at 512-d): each pass converts every cell once
+FP16_CODEC = "SQfp16"  # the factory's name for vectors kept as raw float16
 FP16_COS_ERROR = 2e-3  # bound on |float16-stored inner product - float32 one| for unit vectors (2 x 2^-11 per side, rounded up)
 PROBE_BLOCK = 4096  # queries per matrix product with the centroids
 FLAT_BLOCK = 2048  # queries per call of an exact (flat) search
@@ -69,6 +69,11 @@ class BuiltIndex:
     params: str
     probes: np.ndarray | None = None
 
+    @property
+    def stores_float16(self) -> bool:
+        """Whether the index keeps its vectors as float16 (``SQfp16``)."""
+        return self.factory.endswith(FP16_CODEC)
+
     def describe(self) -> str:
         """``factory`` plus the search parameters, e.g. ``"IVF1024,Flat nprobe=16"``."""
         return f"{self.factory} {self.params}".strip()
@@ -89,7 +94,7 @@ def choose_factory(n: int, *, exact_below: int = 50_000, nprobe: int | None = No
         return "Flat", ""
     nlist = 2 ** int(round(math.log2(math.sqrt(n))))
     nprobe = max(8, nlist // 32) if nprobe is None else max(1, min(nprobe, nlist))
-    return f"IVF{nlist},{'Flat' if storage == 'float32' else 'SQfp16'}", f"nprobe={nprobe}"
+    return f"IVF{nlist},{'Flat' if storage == 'float32' else FP16_CODEC}", f"nprobe={nprobe}"
 
 
 def build_index(
@@ -106,7 +111,7 @@ def build_index(
     n, d = vectors.shape
     factory, params = choose_factory(n, exact_below=exact_below, nprobe=nprobe, storage=storage)
     index = faiss.index_factory(d, factory, faiss.METRIC_INNER_PRODUCT)
-    if factory.endswith("SQfp16"):
+    if factory.endswith(FP16_CODEC):
         faiss.extract_index_ivf(index).by_residual = False  # the lists hold the vectors themselves, not their offsets from the centroid
     if not index.is_trained:
         ivf = faiss.extract_index_ivf(index)

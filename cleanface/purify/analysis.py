@@ -44,7 +44,7 @@ def unit_rows(x: np.ndarray, *, chunk: int = CHUNK) -> np.ndarray:
     x = np.asarray(x)
     dtype = np.float16 if x.dtype == np.float16 else np.float32
     tol = 2e-3 if dtype == np.float16 else 1e-5
-    flat = x.reshape(-1, x.shape[-1]) if x.ndim else x
+    flat = x.reshape(-1, x.shape[-1])
     out = None
     for s in range(0, len(flat), chunk):
         block = np.asarray(flat[s : s + chunk], dtype=np.float32)

@@ -284,8 +284,7 @@ def near_duplicates(embeddings: np.ndarray, finite: np.ndarray, dup_cos: float, 
     n = len(embeddings)
     if built.index.ntotal != n:
         raise ValueError(f"the index must hold the {n} embeddings, it holds {built.index.ntotal} vectors")
-    stored16 = built.factory.endswith("SQfp16")
-    floor = dup_cos - _faiss.FP16_COS_ERROR if stored16 else dup_cos
+    floor = dup_cos - _faiss.FP16_COS_ERROR if built.stores_float16 else dup_cos
     scores, ids = _faiss.self_search(built, DUP_NEIGHBOURS + 1, min_score=floor, silent=silent, what="duplicate search")
     rows = np.repeat(np.arange(n), ids.shape[1])
     cols, sc = ids.ravel(), scores.ravel()
@@ -299,7 +298,7 @@ def near_duplicates(embeddings: np.ndarray, finite: np.ndarray, dup_cos: float, 
     key, first = np.unique(key, return_index=True)
     pairs = np.stack([key // n, key % n], axis=1).astype(np.int64) if len(key) else np.zeros((0, 2), np.int64)
     sc = sc[first].astype(np.float32)
-    if stored16:  # float16 scores only nominate: the pairs are scored again from the embeddings, in float32
+    if built.stores_float16:  # float16 scores only nominate: the pairs are scored again from the embeddings, in float32
         sc = exact_cosines(embeddings, pairs)
         pairs, sc = pairs[sc >= dup_cos], sc[sc >= dup_cos]
     return pairs, sc
