@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test demo bench clean
+.PHONY: install lint test demo bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -14,7 +14,11 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+lint: $(STAMP)
+	$(BIN)/ruff check
+
 test: $(STAMP)
+	$(BIN)/ruff check
 	$(BIN)/python -m pytest
 
 demo: $(STAMP)

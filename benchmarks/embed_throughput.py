@@ -1,4 +1,4 @@
-"""Embedding throughput of the backbones on this machine: images/s of ``cleanface.training.embed.embed_arrays``.
+"""Embedding throughput of the backbones on this machine: images/s of ``cleanface.inference.embed.embed_arrays``.
 
 For each backbone (random weights: speed does not depend on them) it embeds ``--images``
 random uint8 faces at the backbone's usual input size, flip-fused as ``cleanface embed``
@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from cleanface.models import create_backbone
-from cleanface.training.embed import embed_arrays
+from cleanface.inference.embed import embed_arrays
 
 
 def measure(name: str, size: int, *, images: int, batch: int, device: str) -> dict:

@@ -139,7 +139,7 @@ def load_model(args: argparse.Namespace) -> Model:
     from cleanface.data.images import decode_image
     from cleanface.data.open import open_dataset
     from cleanface.inversion.identities import centers_of
-    from cleanface.training.run import load_run
+    from cleanface.inference.run import load_run
 
     run = load_run(args.run, device="cpu")
     config = run.config

@@ -191,8 +191,8 @@ def trained(run: Path, data, timings: Timings, name: str, *, head: str, settings
 def embeddings(run: Path, index, out_dir: Path, timings: Timings, name: str) -> tuple[np.ndarray, np.ndarray]:
     """Embeddings (N, D) of ``index`` (no flip, as purify embeds by default) and the run's class centres (C, K, D)."""
     from cleanface.purify.analysis import l2_normalize
-    from cleanface.training.embed import embed_index
-    from cleanface.training.run import load_run
+    from cleanface.inference.embed import embed_index
+    from cleanface.inference.run import load_run
 
     loaded = load_run(run)
     if list(loaded.names) != list(index.names):
@@ -366,7 +366,7 @@ def diagnostics(args, rate: float) -> dict | None:
     from cleanface.data.open import open_dataset
     from cleanface.purify.outputs import truth_metrics
     from cleanface.purify.runner import match_run, read_run_names
-    from cleanface.training.run import load_run
+    from cleanface.inference.run import load_run
 
     rate_dir = Path(args.out) / rate_tag(rate)
     path = rate_dir / "diagnostics.json"
@@ -407,7 +407,7 @@ def diagnostics(args, rate: float) -> dict | None:
 # -- item 2: does cleaning pay? ----------------------------------------------------------------------------
 def accuracy_arm(args, root: Path, arm: str, seed: int, data, timings: Timings) -> dict:
     from cleanface.eval.pairs import evaluate
-    from cleanface.training.run import load_run
+    from cleanface.inference.run import load_run
 
     arm_dir = Path(args.out) / "accuracy" / f"{arm}_s{seed}"
     done = read_json(arm_dir / "eval.json")

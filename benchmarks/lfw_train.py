@@ -43,7 +43,7 @@ def main() -> None:
         sys.exit(f"LFW not found at {root} (expected images_deepfunneled/ and peopleDevTrain.txt); pass --lfw PATH")
 
     from cleanface.data.lfw import lfw_index
-    from cleanface.training.run import load_run
+    from cleanface.inference.run import load_run
     from cleanface.training.trainer import train_final
     from cleanface.eval.pairs import evaluate
 

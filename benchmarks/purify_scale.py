@@ -25,6 +25,7 @@ seconds / wall seconds below the core count means other processes took the rest.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -143,6 +144,15 @@ def make_embeddings(n: int, folder: Path, seed: int = 0, centers_dtype: type = n
     return np.load(folder / "embeddings.npy", mmap_mode="r"), labels, centers, truth
 
 
+def decisions_digest(d) -> str:
+    """SHA-256 over every per-image decision and every reported group: equal digests mean the same decisions, image for image."""
+    h = hashlib.sha256()
+    for array in (d.action, d.reason, d.new_label, d.best_other, d.outlier_group, d.duplicate_pairs):
+        h.update(np.ascontiguousarray(array).tobytes())
+    h.update(json.dumps([d.names, d.merges, d.splits, d.outlier_groups, d.advice], sort_keys=True, default=str).encode())
+    return h.hexdigest()
+
+
 def run_size(n: int, workdir: Path, settings: PurifySettings, centers_dtype: type = np.float32) -> dict:
     t0 = time.perf_counter()
     emb, labels, centers, truth = make_embeddings(n, workdir, centers_dtype=centers_dtype)
@@ -166,6 +176,7 @@ def run_size(n: int, workdir: Path, settings: PurifySettings, centers_dtype: typ
         "centers_dtype": np.dtype(centers_dtype).name, "embeddings_gb": round(n * D * 2 / 1e9, 2),
         "actions": d.action_counts(), "faiss": d.faiss, "outlier_clustering": d.outlier_info,
         "duplicate_pairs": int(len(d.duplicate_pairs)), "advised_threshold": d.advice["threshold"], "truth": truth,
+        "decisions_sha256": decisions_digest(d),
     }
 
 
@@ -191,6 +202,7 @@ def main(argv: list[str] | None = None) -> None:
             for name, stage in result["stages"].items():
                 print(f"           {name:<10} {stage['seconds']:>8.2f} s  {stage['peak_rss_mb']:>8.0f} MB  {stage['peak_anon_mb']:>8.0f} MB anonymous", flush=True)
             print(f"           actions {result['actions']}  faiss {result['faiss']}", flush=True)
+            print(f"           decisions sha256 {result['decisions_sha256']}", flush=True)
             (Path(tmp) / "embeddings.npy").unlink()
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

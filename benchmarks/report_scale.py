@@ -128,7 +128,8 @@ def main() -> None:
         print(f"render: {result['render_s']} s, peak RSS {result['peak_rss_mb']} MB; report {size / 1e6:.1f} MB in {files:,} files "
               f"(index.html {result['index_bytes'] / 1e3:.1f} kB)", flush=True)
 
-        from cleanface.report.browser import find_chromium, load_page
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+        from report.browser import find_chromium, load_page  # the test suite's DevTools driver
 
         if find_chromium() is None:
             result["browser"] = "Chromium not found: load times not measured"

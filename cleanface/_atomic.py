@@ -84,6 +84,15 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"cannot serialise {type(value).__name__} to JSON")
 
 
+def remove_path(path: str | os.PathLike) -> None:
+    """Remove a file, a link (not what it points to) or a whole tree; nothing when ``path`` is absent."""
+    path = Path(path)
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
 def _unlink_quietly(path: Path) -> None:
     with contextlib.suppress(OSError):
         path.unlink()

@@ -14,6 +14,10 @@ class DataError(CleanfaceError):
     """A dataset, manifest, RecordIO or list file cannot be read as asked."""
 
 
+class SanityError(DataError):
+    """The model behind a purification did not learn (collapsed embeddings, chance accuracy, runaway merges)."""
+
+
 class ConfigError(CleanfaceError):
     """A setting, option value or pipeline file is invalid."""
 

@@ -12,6 +12,7 @@ from rich.console import Console
 from cleanface.errors import CleanfaceError
 
 console = Console()
+err_console = Console(stderr=True)
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
@@ -44,3 +45,24 @@ def silent_option(func: Callable[..., Any]) -> Callable[..., Any]:
 
 def seed_option(func: Callable[..., Any]) -> Callable[..., Any]:
     return click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")(func)
+
+
+def render_report_after(directory: Any, render: Callable[..., Any], **kwargs: Any) -> Any:
+    """Render the report of finished work in ``directory``; a failure is one warning line, never a failed command.
+
+    The work itself is complete when this runs (its ``COMPLETE`` marker is written), so a
+    report that cannot be built (a missing template, a full disk) must not undo it:
+    ``cleanface report DIRECTORY`` renders it again later. Returns the report's path, or
+    None when it failed.
+    """
+    try:
+        return render(directory, **kwargs)
+    except (CleanfaceError, OSError, ValueError) as exc:
+        err_console.print(f"[yellow]warning:[/] {directory} is complete but its report could not be rendered ({exc}); "
+                          f"run `cleanface report {directory}` to try again", soft_wrap=True)
+        return None
+
+
+def no_report_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    """``--no-report``: skip the HTML report (``cleanface report`` renders it later)."""
+    return click.option("--no-report", is_flag=True, help="Do not render the HTML report (cleanface report can do it later).")(func)

@@ -23,13 +23,7 @@ def cli() -> None:
 
 
 for _name in _MODULES:
-    try:
-        _module = importlib.import_module(f"cleanface_cli.{_name}")
-    except ModuleNotFoundError as _exc:  # a command module not written yet
-        if _exc.name != f"cleanface_cli.{_name}":
-            raise
-        continue
-    for _command in getattr(_module, "COMMANDS", ()):
+    for _command in importlib.import_module(f"cleanface_cli.{_name}").COMMANDS:
         cli.add_command(_command)
 
 

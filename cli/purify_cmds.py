@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import click
 from rich.table import Table
 
-from cleanface.purify.runner import purify
+from cleanface._atomic import is_complete
 from cleanface.purify.settings import PurifySettings
-from cleanface_cli._common import console, handle_errors, silent_option
+from cleanface_cli._common import console, handle_errors, no_report_option, render_report_after, silent_option
 
 _DEFAULTS = PurifySettings()
 
@@ -44,29 +45,49 @@ _DEFAULTS = PurifySettings()
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it is not empty.")
 @click.option("--copy", is_flag=True, help="Copy image files instead of hard-linking them.")
 @click.option("--device", default="cpu", show_default=True, help="Device for embedding: cpu, cuda, cuda:N.")
+@click.option("--no-sanity-check", is_flag=True,
+              help="Purify even when the model looks like it did not learn (collapsed embeddings, accuracy near chance, a merge of most identities).")
+@no_report_option
 @silent_option
 @handle_errors
 def purify_cmd(
     run: str, data: str, out: str, threshold: float, relabel: bool, relabel_angle: float, relabel_margin: float,
     merge: bool, merge_angle: float, split: bool, dedup: bool, drop_non_dominant: bool, keep_outlier_groups: bool,
-    fmt: str, embeddings: str | None, truth: str | None, overwrite: bool, copy: bool, device: str, silent: bool,
+    fmt: str, embeddings: str | None, truth: str | None, overwrite: bool, copy: bool, device: str, no_sanity_check: bool,
+    no_report: bool, silent: bool,
 ) -> None:
     """Clean DATA with the sub-center model of RUN; write the cleaned dataset and a decision per image to OUT.
 
     Each image is compared with its identity's dominant sub-center: far ones are dropped,
     or relabelled when they clearly belong to another identity; identities with nearly
     the same dominant sub-center are merged. OUT holds the cleaned dataset, decisions.csv,
-    summary.json and analysis.npz.
+    summary.json, analysis.npz and the report (report/index.html).
     """
+    from cleanface.purify.runner import purify
+    from cleanface.report.purify import render_purify_report
+
+    _refuse_complete_without_report(out, overwrite=overwrite, no_report=no_report)
     settings = PurifySettings(
         threshold=threshold, relabel=relabel, relabel_angle=relabel_angle, relabel_margin=relabel_margin, merge=merge,
         merge_angle=merge_angle, split=split, dedup=dedup, drop_non_dominant=drop_non_dominant, keep_outlier_groups=keep_outlier_groups,
+        sanity_check=not no_sanity_check,
     )
     result = purify(run, data, out, settings=settings, fmt=fmt, embeddings=embeddings, truth=truth, overwrite=overwrite,
                     copy=copy, device=device, silent=silent)
     summary = json.loads((result / "summary.json").read_text())
+    report = None if no_report else render_report_after(result, render_purify_report, data=data, silent=silent)
     console.print(summary_table(summary))
     console.print(f"wrote {result}", soft_wrap=True)
+    if report is not None:
+        console.print(f"report: {report}", soft_wrap=True)
+
+
+def _refuse_complete_without_report(out: str, *, overwrite: bool, no_report: bool) -> None:
+    """A purify killed while rendering its report left a complete output: say how to finish it instead of "not empty"."""
+    if overwrite or no_report or not is_complete(out) or (Path(out) / "report" / "index.html").is_file():
+        return
+    raise click.ClickException(f"{out} is a complete purify output without its report (interrupted while rendering it?); "
+                               f"run `cleanface report {out}` to render it, or pass --overwrite to purify again")
 
 
 def summary_table(summary: dict) -> Table:

@@ -10,7 +10,7 @@ from typing import Any, Callable
 import click
 from rich.table import Table
 
-from cleanface_cli._common import console, handle_errors, silent_option
+from cleanface_cli._common import console, handle_errors, no_report_option, render_report_after, silent_option
 
 FINAL_LOSSES = ["elastic-arc+", "elastic-cos+", "elastic-arc", "elastic-cos", "arcface", "cosface"]
 
@@ -61,9 +61,13 @@ def _settings(kw: dict[str, Any]) -> dict[str, Any]:
     return kw
 
 
-def _print_run(run: Path) -> None:
-    if os.environ.get("RANK", "0") != "0":  # under torchrun only the first process reports
+def _finish_run(run: Path, no_report: bool) -> None:
+    """Render the run's report (unless ``no_report``) and print its summary; only the first process under torchrun."""
+    if os.environ.get("RANK", "0") != "0":
         return
+    from cleanface.report.training import render_training_report
+
+    report = None if no_report else render_report_after(run, render_training_report)
     summary = json.loads((run / "train_summary.json").read_text())
     table = Table(title=f"run {run}")
     table.add_column("")
@@ -76,21 +80,23 @@ def _print_run(run: Path) -> None:
     if "eval" in summary:
         table.add_row("verification accuracy", f"{100 * summary['eval']['accuracy']:.2f}% +- {100 * summary['eval']['accuracy_std']:.2f}")
     console.print(table)
-    console.print(f"report: {run / 'report' / 'index.html'}", soft_wrap=True)
+    if report is not None:
+        console.print(f"report: {report}", soft_wrap=True)
 
 
 @click.command("train-subcenter")
 @click.argument("data", type=click.Path(exists=True))
 @click.option("--k", type=click.IntRange(1, 20), default=3, show_default=True, help="Sub-centers per identity.")
 @_training_options
+@no_report_option
 @silent_option
 @handle_errors
-def train_subcenter_cmd(data: str, out: str, k: int, resume: bool, overwrite: bool, silent: bool, **kw: Any) -> None:
+def train_subcenter_cmd(data: str, out: str, k: int, resume: bool, overwrite: bool, no_report: bool, silent: bool, **kw: Any) -> None:
     """Train a face model on DATA with sub-center ArcFace (K sub-centers per identity) for purification."""
     from cleanface.training.trainer import train_subcenter
 
     run = train_subcenter(data, out, k=k, resume=resume, overwrite=overwrite, silent=silent, **_settings(kw))
-    _print_run(run)
+    _finish_run(run, no_report)
 
 
 @click.command("train-final")
@@ -98,9 +104,11 @@ def train_subcenter_cmd(data: str, out: str, k: int, resume: bool, overwrite: bo
 @click.option("--loss", type=click.Choice(FINAL_LOSSES), default="elastic-arc+", show_default=True, help="Margin head of the final model.")
 @click.option("--sigma", type=float, default=None, help="ElasticFace margin standard deviation [default: the head's].")
 @_training_options
+@no_report_option
 @silent_option
 @handle_errors
-def train_final_cmd(data: str, out: str, loss: str, sigma: float | None, resume: bool, overwrite: bool, silent: bool, **kw: Any) -> None:
+def train_final_cmd(data: str, out: str, loss: str, sigma: float | None, resume: bool, overwrite: bool, no_report: bool, silent: bool,
+                    **kw: Any) -> None:
     """Train the final face model on (cleaned) DATA, ElasticFace-Arc+ by default."""
     from cleanface.training.trainer import train_final
 
@@ -108,7 +116,7 @@ def train_final_cmd(data: str, out: str, loss: str, sigma: float | None, resume:
     if sigma is not None:
         settings["sigma"] = sigma
     run = train_final(data, out, loss=loss, resume=resume, overwrite=overwrite, silent=silent, **settings)
-    _print_run(run)
+    _finish_run(run, no_report)
 
 
 @click.command("evaluate")
@@ -122,7 +130,7 @@ def train_final_cmd(data: str, out: str, loss: str, sigma: float | None, resume:
 def evaluate_cmd(run: str, pairs: str, images: str | None, device: str, as_json: bool, silent: bool) -> None:
     """Verification accuracy (10-fold), TAR@FAR and AUC of RUN (a run directory or its model.pt) on PAIRS."""
     from cleanface.eval.pairs import evaluate
-    from cleanface.training.run import load_run
+    from cleanface.inference.run import load_run
 
     loaded = load_run(run, device=device)
     result = evaluate(loaded.backbone, pairs, images_root=images, size=int(loaded.config["input_size"]), crop=loaded.config.get("crop"), device=device, silent=silent)
@@ -153,8 +161,8 @@ def evaluate_cmd(run: str, pairs: str, images: str | None, device: str, as_json:
 def embed_cmd(run: str, data: str, out: str, dtype: str, batch_size: int, no_flip: bool, device: str, silent: bool) -> None:
     """Embed every image of DATA with the model of RUN (resumable; under torchrun each process embeds a shard)."""
     from cleanface.data.open import open_dataset
-    from cleanface.training.embed import embed_index, merge_shards
-    from cleanface.training.run import load_run
+    from cleanface.inference.embed import embed_index, merge_shards
+    from cleanface.inference.run import load_run
 
     loaded = load_run(run, device=device)
     index = open_dataset(data)

@@ -28,7 +28,6 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
@@ -281,9 +280,8 @@ class DecodeCache:
                 for chunk in chunks:
                     store(*_decode_many(index, chunk, size, crop))
             _flush(images, status, log)
-        del images
         failed_count = int((np.asarray(status) == FAILED).sum())
-        del status
+        images = status = None  # the memmaps are closed before the folder is renamed into place
         return {**build, "key": key, "valid": n - failed_count, "failed": failed_count}
 
     @classmethod
@@ -332,13 +330,6 @@ class DecodeCache:
         out = np.empty((len(indices), self.size, self.size, 3), dtype=np.uint8)
         out[order] = self.images[indices[order]]
         return out
-
-    def iter_valid(self, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """``(indices (B,), pixels (B, size, size, 3))`` over the valid samples in index order."""
-        ids = np.flatnonzero(self.valid)
-        for k in range(0, len(ids), batch_size):
-            chunk = ids[k : k + batch_size]
-            yield chunk, np.asarray(self.images[chunk])
 
     def matches(self, index: DatasetIndex, *, size: int, crop: int | None) -> bool:
         """True when this cache holds ``index`` decoded at ``size``/``crop``."""

@@ -9,58 +9,24 @@ Writing links (hard link, else symlink, else copy) or copies each image to
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 import shutil
-import stat
-import warnings
 from pathlib import Path
 
+from cleanface.data._paths import IMAGE_EXTENSIONS, check_not_source, has_image_extension, inside, safe_name, unique_name
+from cleanface.data.images import check_image_file, not_an_image
 from cleanface.data.index import BadFile, DatasetIndex
 from cleanface.data.strings import StringArray
 from cleanface.errors import DataError
 from cleanface.progress import make_progress
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".pgm", ".ppm"})
-_MAX_NAME_BYTES = 200
+__all__ = ["IMAGE_EXTENSIONS", "LINKS_MARKER", "folder_layout", "read_folder", "safe_name", "write_folder"]
 
-
-# -- names ----------------------------------------------------------------------------
-def safe_name(name: str) -> str:
-    """A file-system-safe, deterministic version of an identity or file name.
-
-    ``/`` and NUL become ``_``; ``.``, ``..``, the empty name and names starting with
-    ``.`` (hidden, skipped by :func:`read_folder`) get a ``_`` prefix; names longer than
-    200 bytes are cut and suffixed with a hash of the full name. Other names, including
-    ones that are not valid UTF-8 (held with surrogate escapes), are kept as they are.
-    """
-    out = name.replace("/", "_").replace("\0", "_")
-    if out == "" or out.startswith("."):
-        out = "_" + out
-    raw = out.encode("utf-8", "surrogateescape")
-    if len(raw) > _MAX_NAME_BYTES:
-        digest = hashlib.sha256(name.encode("utf-8", "surrogateescape")).hexdigest()[:12]
-        stem = raw[: _MAX_NAME_BYTES - 13].decode("utf-8", "ignore")
-        out = f"{stem}~{digest}"
-    return out
-
-
-def _unique(name: str, taken: set[str]) -> str:
-    """``name``, or ``stem~2.ext``, ``stem~3.ext``... (first one not in ``taken``)."""
-    if name not in taken:
-        return name
-    stem, ext = os.path.splitext(name)
-    k = 2
-    while f"{stem}~{k}{ext}" in taken:
-        k += 1
-    return f"{stem}~{k}{ext}"
+#: Marks a folder whose symlinks pointing outside it were written by cleanface (see :func:`write_folder`).
+LINKS_MARKER = ".cleanface-links"
 
 
 # -- reading --------------------------------------------------------------------------
-def _inside(path: str, root: str) -> bool:
-    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
-
-
 def _resolve_link(path: str, root_real: str, follow_symlinks: bool) -> str | None:
     """Why the symlink ``path`` is not followed, or None when it may be."""
     try:
@@ -69,42 +35,8 @@ def _resolve_link(path: str, root_real: str, follow_symlinks: bool) -> str | Non
         if exc.errno == errno.ELOOP:
             return "symlink loop"
         return "broken symlink"
-    if not follow_symlinks and not _inside(target, root_real):
+    if not follow_symlinks and not inside(target, root_real):
         return f"symlink points outside the dataset root (to {target}); pass follow_symlinks=True to follow it"
-    return None
-
-
-def _check_image(path: str) -> str | None:
-    """Why ``path`` is not a usable image file, or None. Reads only the header."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        st = os.stat(path)
-    except OSError as exc:
-        return f"cannot read: {exc.strerror or exc}"
-    if not stat.S_ISREG(st.st_mode):
-        return "not a regular file"
-    if st.st_size == 0:
-        return "zero-byte file"
-    from cleanface.data.images import MAX_IMAGE_PIXELS
-
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with Image.open(path) as img:
-                width, height = img.size  # header parsed by open
-    except Image.DecompressionBombError:
-        return f"too many pixels (possible decompression bomb; the limit is {MAX_IMAGE_PIXELS:,})"
-    except UnidentifiedImageError:
-        return "not an image (PIL cannot identify it)"
-    except OSError as exc:
-        if exc.errno is None:  # raised by PIL itself, e.g. "Truncated File Read"
-            return f"truncated or corrupt image header: {exc}"
-        return f"cannot read: {exc.strerror or exc}"
-    except Exception as exc:  # PIL raises assorted errors on corrupt headers
-        return f"corrupt image header: {type(exc).__name__}"
-    if width * height > MAX_IMAGE_PIXELS:
-        return f"{width}x{height} pixels: too many (possible decompression bomb; the limit is {MAX_IMAGE_PIXELS:,})"
     return None
 
 
@@ -119,22 +51,16 @@ def _scan_identity(folder: str, ident: str, root_real: str, follow_symlinks: boo
     good = []
     for entry in entries:
         path = entry.path
-        if entry.is_symlink():
-            why = _resolve_link(path, root_real, follow_symlinks)
-            if why is not None:
-                bad.append(BadFile(path, why))
-                continue
-        try:
-            is_dir = entry.is_dir()
-        except OSError:
-            is_dir = False
+        is_dir = _entry_is_dir(entry, root_real, follow_symlinks, bad)
+        if is_dir is None:
+            continue
         if is_dir:
             bad.append(BadFile(path, "nested folder inside an identity folder (not indexed)"))
             continue
-        if os.path.splitext(entry.name)[1].lower() not in IMAGE_EXTENSIONS:
+        if not has_image_extension(entry.name):
             bad.append(BadFile(path, f"unsupported extension (expected one of {', '.join(sorted(IMAGE_EXTENSIONS))})"))
             continue
-        why = _check_image(path)
+        why = check_image_file(path)
         if why is not None:
             bad.append(BadFile(path, why))
             continue
@@ -144,6 +70,38 @@ def _scan_identity(folder: str, ident: str, root_real: str, follow_symlinks: boo
     elif not good:
         bad.append(BadFile(folder, "identity folder holds no usable image"))
     return good
+
+
+def _entry_is_dir(entry: os.DirEntry, root_real: str, follow_symlinks: bool, bad: list[BadFile]) -> bool | None:
+    """Whether ``entry`` is a folder; None (and a record in ``bad``) for a refused symlink."""
+    if entry.is_symlink():
+        why = _resolve_link(entry.path, root_real, follow_symlinks)
+        if why is not None:
+            bad.append(BadFile(entry.path, why))
+            return None
+    try:
+        return entry.is_dir()
+    except OSError:
+        return False
+
+
+def _list_identities(root_s: str, root_real: str, follow_symlinks: bool, bad: list[BadFile]) -> list[str]:
+    """The identity folders of ``root_s`` (sorted); refused symlinks and stray images go to ``bad``."""
+    try:
+        with os.scandir(root_s) as it:
+            top = sorted((e for e in it if not e.name.startswith(".")), key=lambda e: e.name)
+    except OSError as exc:
+        raise DataError(f"cannot list dataset folder {root_s}: {exc.strerror or exc}") from None
+    identities = []
+    for entry in top:
+        is_dir = _entry_is_dir(entry, root_real, follow_symlinks, bad)
+        if is_dir is None:
+            continue
+        if is_dir:
+            identities.append(entry.name)
+        elif has_image_extension(entry.name):
+            bad.append(BadFile(entry.path, "image outside any identity folder (not indexed)"))
+    return identities
 
 
 def read_folder(root: str | os.PathLike, *, follow_symlinks: bool = False, silent: bool = True) -> DatasetIndex:
@@ -180,26 +138,7 @@ def read_folder(root: str | os.PathLike, *, follow_symlinks: bool = False, silen
     root_real = os.path.realpath(root_s)
     follow_symlinks = follow_symlinks or os.path.isfile(os.path.join(root_s, LINKS_MARKER))
     bad: list[BadFile] = []
-    identities = []
-    try:
-        with os.scandir(root_s) as it:
-            top = sorted((e for e in it if not e.name.startswith(".")), key=lambda e: e.name)
-    except OSError as exc:
-        raise DataError(f"cannot list dataset folder {root_s}: {exc.strerror or exc}") from None
-    for entry in top:
-        if entry.is_symlink():
-            why = _resolve_link(entry.path, root_real, follow_symlinks)
-            if why is not None:
-                bad.append(BadFile(entry.path, why))
-                continue
-        try:
-            is_dir = entry.is_dir()
-        except OSError:
-            is_dir = False
-        if is_dir:
-            identities.append(entry.name)
-        elif os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS:
-            bad.append(BadFile(entry.path, "image outside any identity folder (not indexed)"))
+    identities = _list_identities(root_s, root_real, follow_symlinks, bad)
     paths: list[str] = []
     idents: list[str] = []
     with make_progress(silent=silent) as progress:
@@ -227,20 +166,17 @@ def folder_layout(index: DatasetIndex) -> StringArray:
     folders: list[str] = []
     taken: set[str] = set()
     for name in index.names:
-        folder = _unique(safe_name(name), taken)
+        folder = unique_name(safe_name(name), taken)
         taken.add(folder)
         folders.append(folder)
     used: dict[int, set[str]] = {}
     out = []
     for label, path in zip(index.labels.tolist(), index.paths):
         names = used.setdefault(label, set())
-        base = _unique(safe_name(path.rsplit("/", 1)[-1]), names)
+        base = unique_name(safe_name(path.rsplit("/", 1)[-1]), names)
         names.add(base)
         out.append(f"{folders[label]}/{base}")
     return StringArray.from_list(out)
-
-
-LINKS_MARKER = ".cleanface-links"
 
 
 def _place(src: Path, dst: Path, copy: bool) -> str:
@@ -262,6 +198,17 @@ def _place(src: Path, dst: Path, copy: bool) -> str:
     return "copy"
 
 
+def _place_image(src: Path, dst: Path, copy: bool, out: str | os.PathLike) -> str:
+    """:func:`_place` after checking that ``src`` is an image file."""
+    try:
+        why = not_an_image(src)
+        if why is None:
+            return _place(src, dst, copy)
+    except OSError as exc:
+        raise DataError(f"cannot write {src} to {dst}: {exc.strerror or exc}") from None
+    raise DataError(f"{src} is not an image ({why}); it is not written into {out}")
+
+
 def write_folder(
     index: DatasetIndex,
     out: str | os.PathLike,
@@ -273,7 +220,10 @@ def write_folder(
     """Write ``index`` as ``out/<identity>/<file name>`` (layout: :func:`folder_layout`).
 
     Each image is hard-linked, else symlinked, else copied; ``copy=True`` always copies.
-    RecordIO samples are written out as files. When symlinks were made, a marker file
+    RecordIO samples are written out as files. Every name created lies inside ``out``
+    (see :func:`folder_layout`), and a sample file that is not an image (by its first bytes,
+    else its header) is refused with a :class:`DataError`: a manifest listing
+    ``/etc/passwd`` cannot get it copied into a dataset. When symlinks were made, a marker file
     (``.cleanface-links``) tells :func:`read_folder` that the links pointing outside
     ``out`` were written by cleanface and may be followed. The folder is built
     under a staging name and moved into place when complete.
@@ -284,9 +234,8 @@ def write_folder(
         ``out``.
     """
     from cleanface._atomic import staging_dir
-    from cleanface.data.recordio import _check_not_source
 
-    _check_not_source(index, out)
+    check_not_source(index, out)
     layout = folder_layout(index)
     with staging_dir(out, overwrite=overwrite) as stage, make_progress(silent=silent) as progress:
         task = progress.add_task(f"writing {Path(out).name}", total=len(index))
@@ -303,11 +252,7 @@ def write_folder(
                     dst.unlink()
                 dst.write_bytes(index.read_bytes(i))
             else:
-                src = index.abspath(i)
-                try:
-                    symlinked |= _place(src, dst, copy) == "symlink"
-                except OSError as exc:
-                    raise DataError(f"cannot write {src} to {dst}: {exc.strerror or exc}") from None
+                symlinked |= _place_image(index.abspath(i), dst, copy, out) == "symlink"
             progress.advance(task)
         if symlinked:
             (stage / LINKS_MARKER).write_text("symlinks in this folder were written by cleanface\n")

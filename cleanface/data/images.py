@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import io
 import math
+import os
+import stat
 import warnings
 from typing import TYPE_CHECKING
 
@@ -156,6 +158,59 @@ def decode_image(data: bytes, *, size: int = 112, crop: int | None = None, where
 
 
 # -- tensors --------------------------------------------------------------------------
+# -- is this file an image? ---------------------------------------------------------------
+#: Leading bytes of the formats cleanface indexes (JPEG, PNG, BMP, WebP, PBM/PGM/PPM).
+_SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"BM", b"P1", b"P2", b"P3", b"P4", b"P5", b"P6")
+
+
+def check_image_file(path: str | os.PathLike) -> str | None:
+    """Why ``path`` is not a usable image file, or None. Reads only the header (no pixel is decoded)."""
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        return f"cannot read: {exc.strerror or exc}"
+    if not stat.S_ISREG(st.st_mode):
+        return "not a regular file"
+    if st.st_size == 0:
+        return "zero-byte file"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(path) as img:
+                width, height = img.size  # header parsed by open
+    except Image.DecompressionBombError:
+        return f"too many pixels (possible decompression bomb; the limit is {MAX_IMAGE_PIXELS:,})"
+    except UnidentifiedImageError:
+        return "not an image (PIL cannot identify it)"
+    except OSError as exc:
+        if exc.errno is None:  # raised by PIL itself, e.g. "Truncated File Read"
+            return f"truncated or corrupt image header: {exc}"
+        return f"cannot read: {exc.strerror or exc}"
+    except Exception as exc:  # PIL raises assorted errors on corrupt headers
+        return f"corrupt image header: {type(exc).__name__}"
+    if width * height > MAX_IMAGE_PIXELS:
+        return f"{width}x{height} pixels: too many (possible decompression bomb; the limit is {MAX_IMAGE_PIXELS:,})"
+    return None
+
+
+def not_an_image(path: str | os.PathLike) -> str | None:
+    """Why ``path`` is not an image file, or None: a quick look at its first bytes, else :func:`check_image_file`.
+
+    Costs one small read for the usual formats (JPEG, PNG, BMP, WebP, PBM/PGM/PPM), so it
+    can guard every file a dataset writer places without slowing it down.
+
+    Raises
+    ------
+    OSError
+        ``path`` cannot be opened (missing, unreadable).
+    """
+    with open(path, "rb") as handle:
+        head = handle.read(12)
+    if head.startswith(_SIGNATURES) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP"):
+        return None
+    return check_image_file(path)
+
+
 def to_tensor(arr: np.ndarray) -> "torch.Tensor":
     """One image: uint8 (H, W, 3) -> float32 (3, H, W) in [-1, 1], as ``(x/255 - 0.5) / 0.5``."""
     import torch

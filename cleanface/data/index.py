@@ -7,6 +7,13 @@ RecordIO file (``kind == "rec"``, ``root`` is the ``.rec`` path).
 
 No Python object is created per sample: paths live in a :class:`StringArray`,
 labels and offsets in int64 arrays, so ten million samples take a few hundred MB.
+
+A sample's bytes are read through the reader registered for the index's kind
+(:data:`SAMPLE_READERS`): a file read for ``folder`` and ``manifest``; the RecordIO module
+registers the record read by offset for ``rec`` (:func:`register_reader`). The kind is all
+a loaded index needs to find its reader, so this module imports no format module;
+``cleanface/data/__init__.py`` imports the RecordIO module, so its reader is registered
+before any index can be used.
 """
 
 from __future__ import annotations
@@ -15,7 +22,7 @@ import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 import numpy as np
 
@@ -23,6 +30,28 @@ from cleanface.data.strings import StringArray
 from cleanface.errors import DataError
 
 KINDS = ("folder", "manifest", "rec")
+
+
+def read_file_sample(index: "DatasetIndex", i: int) -> bytes:
+    """The bytes of the image file of sample ``i`` (``folder`` and ``manifest`` indexes)."""
+    path = index.abspath(i)
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise DataError(f"cannot read {path}: {exc.strerror or exc}") from None
+
+
+#: Reads the encoded bytes of sample ``i`` of an index.
+SampleReader = Callable[["DatasetIndex", int], bytes]
+#: The reader of each kind of index; the format modules that need another one register it.
+SAMPLE_READERS: dict[str, SampleReader] = {"folder": read_file_sample, "manifest": read_file_sample}
+
+
+def register_reader(kind: str, reader: SampleReader) -> None:
+    """Make ``reader`` read the samples of every index of ``kind`` (one of :data:`KINDS`)."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown index kind {kind!r}; expected one of {', '.join(KINDS)}")
+    SAMPLE_READERS[kind] = reader
 
 
 @dataclass(frozen=True)
@@ -131,16 +160,11 @@ class DatasetIndex:
         return Path(self.root) / self.paths[i]
 
     def read_bytes(self, i: int) -> bytes:
-        """The encoded image bytes of sample ``i``."""
-        if self.kind == "rec":
-            from cleanface.data.recordio import read_image_at
-
-            return read_image_at(self.root, int(self.offsets[i]))  # type: ignore[index]
-        path = self.abspath(i)
-        try:
-            return path.read_bytes()
-        except OSError as exc:
-            raise DataError(f"cannot read {path}: {exc.strerror or exc}") from None
+        """The encoded image bytes of sample ``i``, read by the reader of this index's kind (:data:`SAMPLE_READERS`)."""
+        reader = SAMPLE_READERS.get(self.kind)
+        if reader is None:
+            raise DataError(f"no reader is registered for {self.kind} indexes (import cleanface.data to register them)")
+        return reader(self, i)
 
     # -- derived indexes ------------------------------------------------------------
     def subset(self, indices: np.ndarray, *, renumber: bool = True) -> "DatasetIndex":

@@ -1,8 +1,13 @@
 """CSV manifests: a ``path,identity`` header, then one row per image.
 
-Paths are relative to the manifest's folder (absolute paths are accepted when they
-lie inside it). A path that leaves that folder (``../x``, ``/etc/passwd``) is listed
-in ``bad_files`` and never read.
+A manifest is the user's own list, so a path may point anywhere: relative paths are
+relative to the manifest's folder (or to the ``root`` given to :func:`read_manifest`),
+absolute paths are taken as they are. Only a row that leaves that folder (``../x``,
+``/data/crawl/x.jpg``) must name an image file (extension jpg, jpeg, png, bmp, webp,
+pgm, ppm): ``/etc/passwd`` or ``../../.ssh/id_rsa`` is listed in ``bad_files`` and never
+read. What protects an output lives in the writers: every name they create stays inside
+the output folder, and they never copy a file that is not an image
+(:func:`cleanface.data.folder.write_folder`).
 
 Reading is built for millions of rows: a manifest without quote characters is parsed
 with numpy over the raw bytes (paths go straight into a :class:`StringArray`, no
@@ -19,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cleanface.data._paths import IMAGE_EXTENSIONS, escaping_rows, image_named, inside
 from cleanface.data.index import BadFile, DatasetIndex
 from cleanface.data.strings import StringArray
 from cleanface.errors import DataError
@@ -132,57 +138,12 @@ def _parse_csv(text: str, name: str) -> tuple[StringArray, np.ndarray, list[str]
     return StringArray.from_list(paths), np.array(labels, dtype=np.int64), list(lookup), np.array(linenos, dtype=np.int64)
 
 
-def _escaping(paths: StringArray) -> np.ndarray:
-    """Rows whose path is absolute or has a ``..`` component (candidates for leaving the folder), shape (N,) bool."""
-    blob, offs = paths.blob, paths.offsets
-    n = len(paths)
-    flagged = np.zeros(n, dtype=bool)
-    nonempty = offs[1:] > offs[:-1]
-    flagged[nonempty] = blob[offs[:-1][nonempty]] == ord("/")
-    if len(blob) >= 2:
-        dots = np.flatnonzero((blob[:-1] == ord(".")) & (blob[1:] == ord(".")))
-        if len(dots):
-            row = np.searchsorted(offs, dots, side="right") - 1
-            start_ok = (dots == offs[row]) | (blob[np.maximum(dots - 1, 0)] == ord("/"))
-            end = dots + 2
-            end_ok = (end == offs[row + 1]) | (blob[np.minimum(end, len(blob) - 1)] == ord("/"))
-            hit = start_ok & end_ok & (end <= offs[row + 1])
-            flagged[row[hit]] = True
-    return flagged
-
-
 def _outside(path: str, root: str) -> bool:
-    full = os.path.normpath(os.path.join(root, path))
-    return not (full == root or full.startswith(root.rstrip(os.sep) + os.sep))
+    return not inside(os.path.normpath(os.path.join(root, path)), root)
 
 
-def read_manifest(csv_path: str | os.PathLike, *, check_files: bool = True, silent: bool = True) -> DatasetIndex:
-    """Index a ``path,identity`` CSV manifest.
-
-    Parameters
-    ----------
-    csv_path : path-like
-        The manifest. The header names the columns (``path`` and ``identity``; other
-        columns are ignored). Paths are relative to the manifest's folder.
-    check_files : bool
-        Check that every file exists (one ``stat`` per row); missing ones go to
-        ``bad_files``. Turn off for very large manifests whose files are known to exist.
-    silent : bool
-        No progress bar.
-
-    Returns
-    -------
-    DatasetIndex
-        ``kind="manifest"``, ``root`` the manifest's folder, identities numbered in
-        sorted order, rows in file order. Paths leaving the folder and missing files
-        are in ``bad_files`` and not in the index.
-
-    Raises
-    ------
-    DataError
-        Unreadable file, bad header, a malformed row (with its line number), or no usable row.
-    """
-    csv_path = Path(csv_path)
+def _read_rows(csv_path: Path) -> tuple[StringArray, np.ndarray, list[str], np.ndarray]:
+    """Parse the manifest at ``csv_path``: paths, labels (first-appearance order), identity names, line numbers."""
     name = str(csv_path)
     try:
         raw = csv_path.read_bytes()
@@ -200,35 +161,85 @@ def read_manifest(csv_path: str | os.PathLike, *, check_files: bool = True, sile
         idents = [b.decode("utf-8", "surrogateescape") for b in idents_raw]
     else:
         paths, labels, idents, linenos = _parse_csv(raw.decode("utf-8", "surrogateescape"), name)
-    del raw
     if len(paths) == 0:
         raise DataError(f"{name} has a header but no rows")
-    root = os.path.abspath(csv_path.parent)
-    bad: list[BadFile] = []
-    keep = np.ones(len(paths), dtype=bool)
-    for i in np.flatnonzero(_escaping(paths)).tolist():
+    return paths, labels, idents, linenos
+
+
+def _refuse_outside_non_images(paths: StringArray, root: str, linenos: np.ndarray, keep: np.ndarray, bad: list[BadFile]) -> None:
+    """Drop (``keep[i] = False``) the rows that leave ``root`` without naming an image file."""
+    suspects = escaping_rows(paths) & ~image_named(paths)
+    expected = ", ".join(sorted(IMAGE_EXTENSIONS))
+    for i in np.flatnonzero(suspects).tolist():
         path = paths[i]
         if _outside(path, root):
             keep[i] = False
-            bad.append(BadFile(path, f"path leaves the manifest folder {root} (line {int(linenos[i])}); not read"))
+            bad.append(BadFile(path, f"path leaves the manifest folder {root} and does not name an image file (expected {expected}) (line {int(linenos[i])}); not read"))
+
+
+def _check_files(paths: StringArray, root: str, linenos: np.ndarray, keep: np.ndarray, bad: list[BadFile], title: str, silent: bool) -> None:
+    """Drop the rows whose file is missing, empty or not a regular file (one ``stat`` each)."""
+    with make_progress(silent=silent) as progress:
+        task = progress.add_task(f"checking files of {title}", total=len(paths))
+        for i, path in enumerate(paths):
+            if keep[i]:
+                reason = _missing(os.path.join(root, path))
+                if reason is not None:
+                    keep[i] = False
+                    bad.append(BadFile(os.path.join(root, path), f"{reason} (line {int(linenos[i])})"))
+            if i % 4096 == 0:
+                progress.update(task, completed=i)
+        progress.update(task, completed=len(paths))
+
+
+def read_manifest(
+    csv_path: str | os.PathLike, *, root: str | os.PathLike | None = None, check_files: bool = True, silent: bool = True
+) -> DatasetIndex:
+    """Index a ``path,identity`` CSV manifest.
+
+    Parameters
+    ----------
+    csv_path : path-like
+        The manifest. The header names the columns (``path`` and ``identity``; other
+        columns are ignored). Paths are absolute, or relative to ``root``.
+    root : path-like, optional
+        The folder relative paths start from; default the manifest's folder.
+    check_files : bool
+        Check that every file exists (one ``stat`` per row); missing ones go to
+        ``bad_files``. Turn off for very large manifests whose files are known to exist.
+    silent : bool
+        No progress bar.
+
+    Returns
+    -------
+    DatasetIndex
+        ``kind="manifest"``, ``root`` the folder paths are relative to, identities
+        numbered in sorted order, rows in file order, paths as written. Rows that leave
+        that folder without naming an image file, and missing files, are in
+        ``bad_files`` and not in the index.
+
+    Raises
+    ------
+    DataError
+        Unreadable file, bad header, a malformed row (with its line number), a ``root``
+        that is not a folder, or no usable row.
+    """
+    csv_path = Path(csv_path)
+    if root is not None and not os.path.isdir(root):
+        raise DataError(f"manifest root {root} does not exist or is not a folder")
+    paths, labels, idents, linenos = _read_rows(csv_path)
+    base = os.path.abspath(csv_path.parent if root is None else root)
+    bad: list[BadFile] = []
+    keep = np.ones(len(paths), dtype=bool)
+    _refuse_outside_non_images(paths, base, linenos, keep, bad)
     if check_files:
-        with make_progress(silent=silent) as progress:
-            task = progress.add_task(f"checking files of {csv_path.name}", total=len(paths))
-            for i, path in enumerate(paths):
-                if keep[i]:
-                    reason = _missing(os.path.join(root, path))
-                    if reason is not None:
-                        keep[i] = False
-                        bad.append(BadFile(os.path.join(root, path), f"{reason} (line {int(linenos[i])})"))
-                if i % 4096 == 0:
-                    progress.update(task, completed=i)
-            progress.update(task, completed=len(paths))
+        _check_files(paths, base, linenos, keep, bad, csv_path.name, silent)
     if not keep.any():
-        raise DataError(f"{name}: none of its {len(paths)} rows points to a usable file; first problem: {bad[0].location}: {bad[0].reason}")
+        raise DataError(f"{csv_path}: none of its {len(paths)} rows points to a usable file; first problem: {bad[0].location}: {bad[0].reason}")
     order = sorted(range(len(idents)), key=lambda c: idents[c])
     remap = np.empty(len(idents), dtype=np.int64)
     remap[order] = np.arange(len(idents))
-    index = DatasetIndex(root, "manifest", paths, remap[labels], [idents[c] for c in order], None, bad)
+    index = DatasetIndex(base, "manifest", paths, remap[labels], [idents[c] for c in order], None, bad)
     if not keep.all():
         index = index.subset(np.flatnonzero(keep))
     return index
@@ -246,16 +257,30 @@ def _missing(path: str) -> str | None:
     return None
 
 
+def _paths_for(index: DatasetIndex, base: str) -> StringArray:
+    """The sample paths of ``index`` as written in a manifest in ``base``: relative inside it, absolute outside."""
+    if index.kind == "rec":
+        raise DataError(f"cannot write a manifest for the RecordIO dataset {index.root} without writing its images; use write_dataset(index, out, 'manifest')")
+    root = os.path.abspath(index.root)
+    if root == base and not escaping_rows(index.paths).any():
+        return index.paths
+    out = []
+    for path in index.paths:
+        full = os.path.normpath(os.path.join(root, path))
+        out.append(os.path.relpath(full, base) if inside(full, base) else full)
+    return StringArray.from_list(out)
+
+
 def write_manifest(index: DatasetIndex, out_csv: str | os.PathLike, *, paths: StringArray | None = None) -> Path:
-    """Write ``index`` as a ``path,identity`` manifest (atomically).
+    """Write ``index`` as a ``path,identity`` manifest (atomically). Only the CSV is written, no image.
 
     Parameters
     ----------
     index : DatasetIndex
         File-based samples (``folder`` or ``manifest``).
     out_csv : path-like
-        The manifest to write. Every sample file must lie inside its folder: paths
-        are written relative to it.
+        The manifest to write. Sample files inside its folder are written relative to
+        it, the others as absolute paths.
     paths : StringArray, optional
         Paths to write instead, already relative to ``out_csv``'s folder (used when
         the images are written beside the manifest).
@@ -263,22 +288,8 @@ def write_manifest(index: DatasetIndex, out_csv: str | os.PathLike, *, paths: St
     from cleanface._atomic import atomic_write
 
     out_csv = Path(out_csv)
-    base = os.path.abspath(out_csv.parent)
     if paths is None:
-        if index.kind == "rec":
-            raise DataError(f"cannot write a manifest for the RecordIO dataset {index.root} without writing its images; use write_dataset(index, out, 'manifest')")
-        root = os.path.abspath(index.root)
-        if not (root == base or root.startswith(base.rstrip(os.sep) + os.sep)):
-            raise DataError(
-                f"the images of {index.root} lie outside {base}; a manifest may only point inside its folder, so use write_dataset(index, out, 'manifest') to put them beside it"
-            )
-        blob, offs = index.paths.blob, index.paths.offsets
-        nonempty = offs[1:] > offs[:-1]
-        absolute = bool(np.any(blob[offs[:-1][nonempty]] == ord("/")))
-        if root == base and not absolute:
-            paths = index.paths
-        else:
-            paths = StringArray.from_list(os.path.relpath(os.path.join(root, p), base) for p in index.paths)
+        paths = _paths_for(index, os.path.abspath(out_csv.parent))
     buf = io.StringIO(newline="")
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(HEADER)

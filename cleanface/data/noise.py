@@ -35,6 +35,7 @@ import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -176,92 +177,184 @@ def inject_noise(
     -------
     NoiseResult
     """
+    close_set, open_set = _check_settings(close_set, open_set, merge_identities, split_identities)
+    dst = _check_source(src_index, dst, merge_identities, split_identities)
+    # every random draw comes from this one generator, in this order: merges, splits, close-set, open-set
+    rng = np.random.default_rng(seed)
+    plan = _identity_noise(src_index, rng, merge_identities, split_identities)
+    n_open = _open_set_count(open_set, len(src_index))
+    _close_set_noise(plan, rng, close_set, len(src_index) + n_open)
+    _open_set_noise(plan, rng, open_set, n_open, outside)
+    folders, rows, jobs = _layout(plan, src_index, outside)
+    settings = {"close_set": close_set, "open_set": open_set, "merge_identities": merge_identities, "split_identities": split_identities, "seed": seed, "copy": copy}
+    with staging_dir(dst, overwrite=overwrite) as stage, make_progress(silent=silent) as progress:
+        _write_images(stage, folders, jobs, copy=copy, progress=progress, what=f"writing noisy {dst.name}")
+        type_counts = _write_truth(stage, rows)
+        summary = {
+            "source": str(src_index.root),
+            "outside": None if outside is None else str(outside.root),
+            "settings": settings,
+            "images": len(rows),
+            "identities": len(plan.out_names),
+            "counts": type_counts,
+            "merges": plan.merges,
+            "splits": plan.splits,
+        }
+        atomic_write_json(stage / "noise.json", summary)
+    return NoiseResult(dst, dst / TRUTH_FILE, len(rows), len(plan.out_names), type_counts, plan.merges, plan.splits)
+
+
+# -- the steps of inject_noise ------------------------------------------------------------
+@dataclass
+class _Plan:
+    """The labels of a noisy dataset as :func:`inject_noise` draws them.
+
+    Attributes
+    ----------
+    names : list of str
+        The source identities.
+    true_names, assigned, kind : ndarray of shape (N,), object
+        Per source sample: who it shows, its label in the noisy dataset, its noise type.
+    merges, splits : lists of (identity, identity) names
+        As in :class:`NoiseResult`.
+    out_names : list of str
+        The identities of the noisy dataset, sorted.
+    owner : dict of str to str
+        Noisy identity -> the source identity whose images it holds (a split half's is
+        the identity it was split from).
+    open_ids : ndarray of int64
+        Outside samples added as open-set noise, sorted; ``open_assigned`` their labels.
+    """
+
+    names: list[str]
+    true_names: np.ndarray
+    assigned: np.ndarray
+    kind: np.ndarray
+    merges: list[tuple[str, str]] = field(default_factory=list)
+    splits: list[tuple[str, str]] = field(default_factory=list)
+    out_names: list[str] = field(default_factory=list)
+    owner: dict[str, str] = field(default_factory=dict)
+    open_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    open_assigned: list[str] = field(default_factory=list)
+
+
+def _check_settings(close_set: float, open_set: float, merge_identities: int, split_identities: int) -> tuple[float, float]:
+    """Refuse rates outside [0, 1), rates summing to 1 or more, and negative counts; the rates as floats."""
     close_set = _check_rate("close_set", close_set)
     open_set = _check_rate("open_set", open_set)
     if close_set + open_set >= 1.0:
         raise ConfigError(f"close_set + open_set must stay below 1, got {close_set} + {open_set}")
     if merge_identities < 0 or split_identities < 0:
         raise ConfigError(f"merge_identities and split_identities must be 0 or more, got {merge_identities} and {split_identities}")
-    n, c = len(src_index), src_index.num_identities
-    if n == 0:
+    return close_set, open_set
+
+
+def _check_source(src_index: DatasetIndex, dst: str | os.PathLike, merge_identities: int, split_identities: int) -> Path:
+    """Refuse an empty source, an output inside the source, and more merges and splits than identities; ``dst`` as a Path."""
+    if len(src_index) == 0:
         raise DataError(f"the dataset {src_index.root} has no samples")
     dst = Path(dst)
     if src_index.kind != "rec" and _inside(dst, Path(src_index.root)):
         raise ConfigError(f"the output {dst} lies inside the source dataset {src_index.root}; choose another folder")
+    c = src_index.num_identities
     if 2 * merge_identities + split_identities > c:
         raise ConfigError(f"{merge_identities} merges and {split_identities} splits need {2 * merge_identities + split_identities} identities; {src_index.root} has {c}")
+    return dst
 
-    rng = np.random.default_rng(seed)
+
+def _identity_noise(src_index: DatasetIndex, rng: np.random.Generator, merge_identities: int, split_identities: int) -> _Plan:
+    """The clean labels of ``src_index`` with identity-level noise: merges, then splits among the identities left."""
     names = list(src_index.names)
-    counts = src_index.counts()
     labels = src_index.labels
-    assigned = np.array(names, dtype=object)[labels]  # per source sample
-    kind = np.array(["clean"] * n, dtype=object)
-
-    # identity-level noise: merges, then splits among the identities left
-    order = rng.permutation(c)
-    merges = [(names[order[2 * k]], names[order[2 * k + 1]]) for k in range(merge_identities)]
-    for kept, absorbed in merges:
-        moved = assigned == absorbed
-        assigned[moved] = kept
-        kind[moved] = "merged"
+    plan = _Plan(
+        names=names,
+        true_names=np.array(names, dtype=object)[labels],
+        assigned=np.array(names, dtype=object)[labels],
+        kind=np.array(["clean"] * len(src_index), dtype=object),
+    )
+    order = rng.permutation(src_index.num_identities)
+    _merge(plan, [(names[order[2 * k]], names[order[2 * k + 1]]) for k in range(merge_identities)])
+    counts = src_index.counts()
     rest = [names[j] for j in order[2 * merge_identities :] if counts[j] >= 2]
     if len(rest) < split_identities:
         raise ConfigError(f"{split_identities} splits need identities with at least 2 images besides the merged ones; {src_index.root} has {len(rest)}")
-    splits = []
-    taken_names = set(names)
-    for name in rest[:split_identities]:
+    _split(plan, rng, rest[:split_identities])
+    absorbed_names = {a for _, a in plan.merges}
+    plan.out_names = sorted({*names, *(s for _, s in plan.splits)} - absorbed_names)
+    plan.owner = {name: name for name in names}
+    plan.owner.update({new: name for name, new in plan.splits})
+    return plan
+
+
+def _merge(plan: _Plan, merges: list[tuple[str, str]]) -> None:
+    """Relabel the images of each absorbed identity as the kept one (noise type ``merged``)."""
+    for kept, absorbed in merges:
+        moved = plan.assigned == absorbed
+        plan.assigned[moved] = kept
+        plan.kind[moved] = "merged"
+    plan.merges = merges
+
+
+def _split(plan: _Plan, rng: np.random.Generator, identities: list[str]) -> None:
+    """Move a random half of the images of each of ``identities`` to a new ``<name>__split`` identity."""
+    taken_names = set(plan.names)
+    for name in identities:
         new = name + SPLIT_SUFFIX
         while new in taken_names:
             new += "_"
         taken_names.add(new)
-        members = np.flatnonzero(assigned == name)
+        members = np.flatnonzero(plan.assigned == name)
         moved = rng.choice(members, size=len(members) // 2, replace=False)
-        assigned[moved] = new
-        kind[moved] = "split"
-        splits.append((name, new))
-    absorbed_names = {a for _, a in merges}
-    out_names = sorted({*names, *(s for _, s in splits)} - absorbed_names)
-    owner = {name: name for name in names}
-    owner.update({new: name for name, new in splits})
+        plan.assigned[moved] = new
+        plan.kind[moved] = "split"
+        plan.splits.append((name, new))
 
-    # sample-level noise
-    n_open = int(round(open_set * n / (1.0 - open_set))) if open_set > 0 else 0
-    total = n + n_open
+
+def _open_set_count(open_set: float, n: int) -> int:
+    """Outside images to add so that they are ``open_set`` of the ``n`` + added images."""
+    return int(round(open_set * n / (1.0 - open_set))) if open_set > 0 else 0
+
+
+def _close_set_noise(plan: _Plan, rng: np.random.Generator, close_set: float, total: int) -> None:
+    """Relabel ``round(close_set * total)`` random clean images as another identity (not their own)."""
     n_close = int(round(close_set * total))
-    candidates = np.flatnonzero(kind == "clean")
+    candidates = np.flatnonzero(plan.kind == "clean")
     if n_close > len(candidates):
         raise ConfigError(f"close_set {close_set} asks for {n_close} relabelled images but only {len(candidates)} are left clean")
-    if n_close and len(out_names) < 2:
+    if n_close and len(plan.out_names) < 2:
         raise ConfigError("close-set noise needs at least 2 identities")
-    true_names = np.array(names, dtype=object)[labels]
     for i in rng.choice(candidates, size=n_close, replace=False):
-        choices = [m for m in out_names if owner[m] != true_names[i]]
-        assigned[i] = choices[int(rng.integers(len(choices)))]
-        kind[i] = "close-set"
-    open_ids = np.zeros(0, dtype=np.int64)
-    open_assigned: list[str] = []
-    if n_open:
-        if outside is None or len(outside) == 0:
-            raise DataError(f"open_set {open_set} needs outside faces (an outside dataset of other people); none were given")
-        if len(outside) < n_open:
-            raise DataError(f"open_set {open_set} needs {n_open} outside images but {outside.root} has {len(outside)}; lower the rate or add faces")
-        shared = sorted(set(outside.names) & set(names))
-        if shared:
-            raise DataError(f"the outside dataset {outside.root} shares {len(shared)} identity name(s) with the source (e.g. {shared[0]!r}); open-set faces must be of other people")
-        open_ids = np.sort(rng.choice(len(outside), size=n_open, replace=False))
-        open_assigned = [out_names[int(k)] for k in rng.integers(len(out_names), size=n_open)]
+        choices = [m for m in plan.out_names if plan.owner[m] != plan.true_names[i]]
+        plan.assigned[i] = choices[int(rng.integers(len(choices)))]
+        plan.kind[i] = "close-set"
 
-    # layout: <assigned folder>/<file>, names kept where they do not clash
-    folders = _safe_folders(out_names)
-    rows: list[tuple[str, str, str, str, str]] = []
-    jobs: list[tuple[DatasetIndex, int, str]] = []
-    used: dict[str, set[str]] = {}
 
-    def claim(folder: str, file: str) -> str:
+def _open_set_noise(plan: _Plan, rng: np.random.Generator, open_set: float, n_open: int, outside: DatasetIndex | None) -> None:
+    """Draw ``n_open`` distinct images of ``outside`` and a random identity of the set for each."""
+    if not n_open:
+        return
+    if outside is None or len(outside) == 0:
+        raise DataError(f"open_set {open_set} needs outside faces (an outside dataset of other people); none were given")
+    if len(outside) < n_open:
+        raise DataError(f"open_set {open_set} needs {n_open} outside images but {outside.root} has {len(outside)}; lower the rate or add faces")
+    shared = sorted(set(outside.names) & set(plan.names))
+    if shared:
+        raise DataError(f"the outside dataset {outside.root} shares {len(shared)} identity name(s) with the source (e.g. {shared[0]!r}); open-set faces must be of other people")
+    plan.open_ids = np.sort(rng.choice(len(outside), size=n_open, replace=False))
+    plan.open_assigned = [plan.out_names[int(k)] for k in rng.integers(len(plan.out_names), size=n_open)]
+
+
+class _FileNames:
+    """Output file names per folder: a file keeps its (safe) name unless it is taken, else gets ``stem~2.ext``..."""
+
+    def __init__(self) -> None:
+        self.used: dict[str, set[str]] = {}
+
+    def claim(self, folder: str, file: str) -> str:
+        """The path ``<folder>/<name>`` for ``file`` in ``folder``, unique among the claimed ones."""
         from cleanface.data.folder import safe_name
 
-        taken = used.setdefault(folder, set())
+        taken = self.used.setdefault(folder, set())
         base = safe_name(file)
         stem, ext = os.path.splitext(base)
         k = 2
@@ -271,52 +364,65 @@ def inject_noise(
         taken.add(base)
         return f"{folder}/{base}"
 
-    for i in range(n):
-        rel = claim(folders[assigned[i]], src_index.paths[i].rsplit("/", 1)[-1])
-        rows.append((rel, str(true_names[i]), str(assigned[i]), str(kind[i]), src_index.location(i)))
-        jobs.append((src_index, i, rel))
-    for k, i in enumerate(open_ids.tolist()):
-        assert outside is not None
-        rel = claim(folders[open_assigned[k]], outside.paths[i].rsplit("/", 1)[-1])
-        rows.append((rel, OUTSIDE, open_assigned[k], "open-set", outside.location(i)))
-        jobs.append((outside, i, rel))
 
+def _layout(plan: _Plan, src_index: DatasetIndex, outside: DatasetIndex | None) -> tuple[dict[str, str], list[tuple[str, str, str, str, str]], list[tuple[DatasetIndex, int, str]]]:
+    """Where every output image goes, ``<assigned folder>/<file>``, source images first, then the open-set ones.
+
+    Returns
+    -------
+    folders
+        Noisy identity -> its folder name.
+    rows
+        Truth rows (:data:`TRUTH_COLUMNS`), in output order.
+    jobs
+        ``(index, sample, relative path)`` of every image to write.
+    """
+    folders = _safe_folders(plan.out_names)
+    files = _FileNames()
+    rows: list[tuple[str, str, str, str, str]] = []
+    jobs: list[tuple[DatasetIndex, int, str]] = []
+    for i in range(len(src_index)):
+        rel = files.claim(folders[plan.assigned[i]], src_index.paths[i].rsplit("/", 1)[-1])
+        rows.append((rel, str(plan.true_names[i]), str(plan.assigned[i]), str(plan.kind[i]), src_index.location(i)))
+        jobs.append((src_index, i, rel))
+    for k, i in enumerate(plan.open_ids.tolist()):
+        assert outside is not None
+        rel = files.claim(folders[plan.open_assigned[k]], outside.paths[i].rsplit("/", 1)[-1])
+        rows.append((rel, OUTSIDE, plan.open_assigned[k], "open-set", outside.location(i)))
+        jobs.append((outside, i, rel))
+    return folders, rows, jobs
+
+
+def _write_images(stage: Path, folders: dict[str, str], jobs: list[tuple[DatasetIndex, int, str]], *, copy: bool, progress: Any, what: str) -> None:
+    """Create the identity folders in ``stage`` and link or copy every image of ``jobs`` into them."""
     from cleanface.data.folder import LINKS_MARKER
 
-    with staging_dir(dst, overwrite=overwrite) as stage, make_progress(silent=silent) as progress:
-        task = progress.add_task(f"writing noisy {dst.name}", total=len(jobs))
-        for folder in folders.values():
-            (stage / folder).mkdir(exist_ok=True)
-        symlinked = False
-        for index, i, rel in jobs:
-            target = stage / rel
-            if target.exists() or target.is_symlink():
-                target.unlink()
-            symlinked |= _place(index, i, target, copy)
-            progress.advance(task)
-        if symlinked:
-            (stage / LINKS_MARKER).write_text("symlinks in this folder were written by cleanface\n")
-        rows.sort(key=lambda r: r[0])
-        buf = io.StringIO()
-        writer = csv.writer(buf, lineterminator="\n")
-        writer.writerow(TRUTH_COLUMNS)
-        writer.writerows(rows)
-        atomic_write_text(stage / TRUTH_FILE, buf.getvalue())
-        type_counts = {t: 0 for t in NOISE_TYPES}
-        for r in rows:
-            type_counts[r[3]] += 1
-        summary = {
-            "source": str(src_index.root),
-            "outside": None if outside is None else str(outside.root),
-            "settings": {"close_set": close_set, "open_set": open_set, "merge_identities": merge_identities, "split_identities": split_identities, "seed": seed, "copy": copy},
-            "images": len(rows),
-            "identities": len(out_names),
-            "counts": type_counts,
-            "merges": merges,
-            "splits": splits,
-        }
-        atomic_write_json(stage / "noise.json", summary)
-    return NoiseResult(dst, dst / TRUTH_FILE, len(rows), len(out_names), type_counts, merges, splits)
+    task = progress.add_task(what, total=len(jobs))
+    for folder in folders.values():
+        (stage / folder).mkdir(exist_ok=True)
+    symlinked = False
+    for index, i, rel in jobs:
+        target = stage / rel
+        if target.exists() or target.is_symlink():
+            target.unlink()
+        symlinked |= _place(index, i, target, copy)
+        progress.advance(task)
+    if symlinked:
+        (stage / LINKS_MARKER).write_text("symlinks in this folder were written by cleanface\n")
+
+
+def _write_truth(stage: Path, rows: list[tuple[str, str, str, str, str]]) -> dict[str, int]:
+    """Sort ``rows`` by path (in place), write them as ``stage/noise_truth.csv``; the images per noise type."""
+    rows.sort(key=lambda r: r[0])
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(TRUTH_COLUMNS)
+    writer.writerows(rows)
+    atomic_write_text(stage / TRUTH_FILE, buf.getvalue())
+    type_counts = {t: 0 for t in NOISE_TYPES}
+    for r in rows:
+        type_counts[r[3]] += 1
+    return type_counts
 
 
 def read_truth(path: str | os.PathLike) -> dict[str, np.ndarray]:

@@ -15,7 +15,12 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
+from cleanface.data._paths import check_not_source
+from cleanface.data.folder import folder_layout, read_folder, write_folder
 from cleanface.data.index import DatasetIndex
+from cleanface.data.manifest import read_manifest, write_manifest
+from cleanface.data.recordio import read_rec, write_rec
+from cleanface.data.strings import StringArray
 from cleanface.errors import ConfigError, DataError
 
 FORMATS = ("folder", "manifest", "rec")
@@ -42,19 +47,7 @@ def detect_format(path: str | os.PathLike) -> str:
 
 
 def _reader(fmt: str) -> Callable[..., DatasetIndex]:
-    if fmt == "folder":
-        from cleanface.data.folder import read_folder
-
-        return read_folder
-    if fmt == "manifest":
-        from cleanface.data.manifest import read_manifest
-
-        return read_manifest
-    if fmt == "rec":
-        from cleanface.data.recordio import read_rec
-
-        return read_rec
-    return DatasetIndex.load
+    return {"folder": read_folder, "manifest": read_manifest, "rec": read_rec}.get(fmt, DatasetIndex.load)
 
 
 def open_dataset(path: str | os.PathLike, **kw: Any) -> DatasetIndex:
@@ -112,24 +105,16 @@ def write_dataset(
     if len(index) == 0:
         raise DataError(f"the dataset {index.root} has no samples to write")
     if fmt == "folder":
-        from cleanface.data.folder import write_folder
-
         return write_folder(index, out, copy=copy, overwrite=overwrite, silent=silent)
     if fmt == "rec":
-        from cleanface.data.recordio import write_rec
-
         return write_rec(index, out, overwrite=overwrite, silent=silent)
     return _write_manifest_dataset(index, Path(out), copy=copy, overwrite=overwrite, silent=silent)
 
 
 def _write_manifest_dataset(index: DatasetIndex, out: Path, *, copy: bool, overwrite: bool, silent: bool) -> Path:
     from cleanface._atomic import staging_dir
-    from cleanface.data.folder import folder_layout, write_folder
-    from cleanface.data.manifest import write_manifest
-    from cleanface.data.recordio import _check_not_source
-    from cleanface.data.strings import StringArray
 
-    _check_not_source(index, out)
+    check_not_source(index, out)
     with staging_dir(out, overwrite=overwrite) as stage:
         write_folder(index, stage / "images", copy=copy, overwrite=True, silent=silent)
         paths = StringArray.from_list(f"images/{p}" for p in folder_layout(index))

@@ -154,85 +154,154 @@ def _outline(f: FaceSpec, rx: float, n: int = 40) -> np.ndarray:
     return np.stack([x, y], axis=1)
 
 
-def _draw_face(f: FaceSpec, rng: np.random.Generator, side: int) -> Image.Image:
-    """The face of ``f`` with this image's expression and yaw, on a transparent ``side`` x ``side`` layer."""
-    layer = Image.new("RGBA", (side, side), (*_c(f.skin), 0))
-    d = ImageDraw.Draw(layer)
-    cx = cy = side / 2
-    unit = side * 0.3  # pixels per face unit
+class _Canvas:
+    """An ImageDraw on a ``side`` x ``side`` layer addressed in face units: origin at the centre, ``0.3 * side`` pixels per unit."""
 
-    def P(x: float, y: float) -> tuple[float, float]:
-        return (cx + x * unit, cy + y * unit)
+    def __init__(self, layer: Image.Image, side: int) -> None:
+        self.draw = ImageDraw.Draw(layer)
+        self.cx = self.cy = side / 2
+        self.unit = side * 0.3  # pixels per face unit
 
-    def box(x: float, y: float, rx: float, ry: float) -> list[float]:
+    def point(self, x: float, y: float) -> tuple[float, float]:
+        """The pixel position of face point (x, y)."""
+        return (self.cx + x * self.unit, self.cy + y * self.unit)
+
+    def box(self, x: float, y: float, rx: float, ry: float) -> list[float]:
+        """The pixel bounding box of the ellipse or rectangle centred at (x, y) with half-sizes rx, ry."""
+        cx, cy, unit = self.cx, self.cy, self.unit
         return [cx + (x - rx) * unit, cy + (y - ry) * unit, cx + (x + rx) * unit, cy + (y + ry) * unit]
 
-    def w(v: float) -> int:
-        return max(1, round(v * unit))
+    def width(self, v: float) -> int:
+        """A line width of ``v`` face units in pixels, at least 1."""
+        return max(1, round(v * self.unit))
 
+
+@dataclass(frozen=True)
+class _Pose:
+    """This image's head pose: yaw in [-1, 1], the sideways shift of the features, the face half-width and hairline."""
+
+    yaw: float
+    shift: float
+    rx: float
+    hairline: float
+
+
+def _draw_face(f: FaceSpec, rng: np.random.Generator, side: int) -> Image.Image:
+    """The face of ``f`` with this image's expression and yaw, on a transparent ``side`` x ``side`` layer.
+
+    Drawn back to front: back hair, ears and face, hair, beard, eyes and brows, nose,
+    mouth, then mole and glasses. The draws from ``rng``, in order: yaw, hairline,
+    eye openness and brow raise, the two gazes, the mouth curve, width and opening.
+    """
+    layer = Image.new("RGBA", (side, side), (*_c(f.skin), 0))
+    canvas = _Canvas(layer, side)
     yaw = rng.uniform(-1, 1)
-    shift = 0.1 * yaw  # features slide towards the side the head turns to
-    rx = f.face_rx * (1 - 0.08 * abs(yaw))
-    hairline = f.hairline + rng.uniform(-0.03, 0.03)
-    hair = _c(f.hair)
-    skin = _c(f.skin)
-    shade = _c(f.skin, 0.78)
+    pose = _Pose(
+        yaw=yaw,
+        shift=0.1 * yaw,  # features slide towards the side the head turns to
+        rx=f.face_rx * (1 - 0.08 * abs(yaw)),
+        hairline=f.hairline + rng.uniform(-0.03, 0.03),
+    )
+    pts = _draw_head(canvas, f, pose)
+    if f.hair_style != "bald":
+        _draw_hair(canvas, f, pose, pts)
+    if f.beard:
+        _draw_beard(canvas, f, pose, pts)
+    _draw_eyes(canvas, f, pose, rng)
+    _draw_nose(canvas, f, pose)
+    _draw_mouth(canvas, f, pose, rng)
+    if f.mole is not None:
+        canvas.draw.ellipse(canvas.box(f.mole[0] * pose.rx + pose.shift, f.mole[1], 0.025, 0.025), fill=(60, 40, 30))
+    if f.glasses:
+        _draw_glasses(canvas, f, pose)
+    return layer
 
+
+def _draw_head(canvas: _Canvas, f: FaceSpec, pose: _Pose) -> np.ndarray:
+    """The hair behind the head (afro, long), the ears (the far one hidden by a strong yaw) and the face; its outline points."""
+    d, box, rx, shift = canvas.draw, canvas.box, pose.rx, pose.shift
+    hair = _c(f.hair)
     if f.hair_style == "afro":
         d.ellipse(box(0, -0.25, rx + 0.35, f.face_ry * 0.95), fill=hair)
     if f.hair_style == "long":
         d.rectangle(box(0, 0.15, rx + 0.12, 0.75), fill=hair)
-    for sgn in (-1, 1):  # ears, the far one hidden by a strong yaw
-        if sgn * yaw < -0.6:
+    for sgn in (-1, 1):
+        if sgn * pose.yaw < -0.6:
             continue
-        d.ellipse(box(sgn * rx * 0.98 + shift * 0.3, f.eye_y + 0.12, f.ear * 0.55, f.ear), fill=shade)
+        d.ellipse(box(sgn * rx * 0.98 + shift * 0.3, f.eye_y + 0.12, f.ear * 0.55, f.ear), fill=_c(f.skin, 0.78))
     pts = _outline(f, rx)
-    d.polygon([P(x + shift * 0.2 * (1 - abs(x) / max(rx, 1e-6)), y) for x, y in pts], fill=skin)
+    d.polygon([canvas.point(x + shift * 0.2 * (1 - abs(x) / max(rx, 1e-6)), y) for x, y in pts], fill=_c(f.skin))
+    return pts
 
-    if f.hair_style != "bald":  # hair cap above the hairline
-        cap = [P(x, y) for x, y in pts if y < hairline + 0.05]
-        top = min(y for _, y in pts)
-        if len(cap) > 2:
-            d.polygon(cap + [P(rx * 0.9, hairline), P(-rx * 0.9, hairline)], fill=hair)
-        d.ellipse(box(0, top + 0.1, rx * 0.92, 0.2), fill=hair)
-        if f.hair_style == "bangs":
-            d.rectangle(box(0, hairline + 0.12, rx * 0.85, 0.12), fill=hair)
-        elif f.hair_style == "side":
-            d.polygon([P(-rx, hairline - 0.1), P(rx * 0.3, hairline - 0.1), P(-rx * 0.85, hairline + 0.3)], fill=hair)
-        elif f.hair_style == "long":
-            for sgn in (-1, 1):
-                d.rectangle(box(sgn * (rx + 0.02), 0.0, 0.12, 0.7), fill=hair)
 
-    if f.beard:
-        beard = _c(f.hair, 0.9)
-        if f.beard == 1:
-            d.polygon([P(x, y) for x, y in pts if y > f.mouth_y - 0.25] + [P(-rx * 0.8, f.mouth_y - 0.25)], fill=beard)
-        elif f.beard == 2:
-            d.ellipse(box(shift, f.mouth_y + 0.2, f.mouth_w * 0.45, 0.16), fill=beard)
-        d.rectangle(box(shift, f.mouth_y - 0.08, f.mouth_w * 0.55, 0.035), fill=beard)
+def _draw_hair(canvas: _Canvas, f: FaceSpec, pose: _Pose, pts: np.ndarray) -> None:
+    """The hair cap above the hairline, and the bangs, side parting or long strands of the style."""
+    d, P, box, rx, hairline = canvas.draw, canvas.point, canvas.box, pose.rx, pose.hairline
+    hair = _c(f.hair)
+    cap = [P(x, y) for x, y in pts if y < hairline + 0.05]
+    top = min(y for _, y in pts)
+    if len(cap) > 2:
+        d.polygon(cap + [P(rx * 0.9, hairline), P(-rx * 0.9, hairline)], fill=hair)
+    d.ellipse(box(0, top + 0.1, rx * 0.92, 0.2), fill=hair)
+    if f.hair_style == "bangs":
+        d.rectangle(box(0, hairline + 0.12, rx * 0.85, 0.12), fill=hair)
+    elif f.hair_style == "side":
+        d.polygon([P(-rx, hairline - 0.1), P(rx * 0.3, hairline - 0.1), P(-rx * 0.85, hairline + 0.3)], fill=hair)
+    elif f.hair_style == "long":
+        for sgn in (-1, 1):
+            d.rectangle(box(sgn * (rx + 0.02), 0.0, 0.12, 0.7), fill=hair)
 
+
+def _draw_beard(canvas: _Canvas, f: FaceSpec, pose: _Pose, pts: np.ndarray) -> None:
+    """A full beard (the outline below the mouth) or a goatee, and a moustache with either; a moustache alone for style 3."""
+    d, box, shift = canvas.draw, canvas.box, pose.shift
+    beard = _c(f.hair, 0.9)
+    if f.beard == 1:
+        d.polygon([canvas.point(x, y) for x, y in pts if y > f.mouth_y - 0.25] + [canvas.point(-pose.rx * 0.8, f.mouth_y - 0.25)], fill=beard)
+    elif f.beard == 2:
+        d.ellipse(box(shift, f.mouth_y + 0.2, f.mouth_w * 0.45, 0.16), fill=beard)
+    d.rectangle(box(shift, f.mouth_y - 0.08, f.mouth_w * 0.55, 0.035), fill=beard)
+
+
+def _draw_eyes(canvas: _Canvas, f: FaceSpec, pose: _Pose, rng: np.random.Generator) -> None:
+    """Both eyes and brows (left first) with this image's expression: openness and brow raise, then a gaze per eye."""
     openness = rng.uniform(0.55, 1.15) if rng.random() > 0.05 else 0.12
     raise_ = rng.uniform(-0.03, 0.05)
     for sgn in (-1, 1):
-        ex = sgn * f.eye_dx + shift
-        eh = f.eye_h * openness
-        d.ellipse(box(ex, f.eye_y, f.eye_w, eh), fill=(236, 236, 232))
-        ir = min(f.eye_w, f.eye_h) * f.iris_r * 1.4
-        gaze = rng.uniform(-0.02, 0.02)
-        if eh > 0.02:
-            d.ellipse(box(ex + gaze, f.eye_y, ir, min(ir, eh)), fill=f.iris)
-            d.ellipse(box(ex + gaze, f.eye_y, ir * 0.45, min(ir * 0.45, eh)), fill=(10, 10, 10))
-        d.arc(box(ex, f.eye_y, f.eye_w, eh), 180, 360, fill=_c(f.skin, 0.45), width=w(0.02))
-        # brow: from the inner end outwards, tilted by the brow angle, arched upwards
-        by = f.eye_y - f.eye_h - f.brow_gap - raise_
-        inner = (ex - sgn * f.brow_len * 0.45, by)
-        outer = (ex + sgn * f.brow_len * 0.55, by - f.brow_angle * f.brow_len)
-        mid = ((inner[0] + outer[0]) / 2, (inner[1] + outer[1]) / 2 - f.brow_arch)
-        d.line([P(*inner), P(*mid), P(*outer)], fill=_c(f.hair, 0.7), width=w(f.brow_thick), joint="curve")
+        ex = sgn * f.eye_dx + pose.shift
+        _draw_eye(canvas, f, ex, f.eye_h * openness, rng)
+        _draw_brow(canvas, f, ex, sgn, raise_)
 
+
+def _draw_eye(canvas: _Canvas, f: FaceSpec, ex: float, eh: float, rng: np.random.Generator) -> None:
+    """One eye centred at ``ex``, open to half-height ``eh``: the white, iris and pupil (moved by a random gaze; hidden when nearly shut), the lid line."""
+    d, box = canvas.draw, canvas.box
+    d.ellipse(box(ex, f.eye_y, f.eye_w, eh), fill=(236, 236, 232))
+    ir = min(f.eye_w, f.eye_h) * f.iris_r * 1.4
+    gaze = rng.uniform(-0.02, 0.02)
+    if eh > 0.02:
+        d.ellipse(box(ex + gaze, f.eye_y, ir, min(ir, eh)), fill=f.iris)
+        d.ellipse(box(ex + gaze, f.eye_y, ir * 0.45, min(ir * 0.45, eh)), fill=(10, 10, 10))
+    d.arc(box(ex, f.eye_y, f.eye_w, eh), 180, 360, fill=_c(f.skin, 0.45), width=canvas.width(0.02))
+
+
+def _draw_brow(canvas: _Canvas, f: FaceSpec, ex: float, sgn: int, raise_: float) -> None:
+    """The brow over the eye at ``ex`` (``sgn`` -1 left, 1 right): from the inner end outwards, tilted by the brow angle, arched upwards."""
+    by = f.eye_y - f.eye_h - f.brow_gap - raise_
+    inner = (ex - sgn * f.brow_len * 0.45, by)
+    outer = (ex + sgn * f.brow_len * 0.55, by - f.brow_angle * f.brow_len)
+    mid = ((inner[0] + outer[0]) / 2, (inner[1] + outer[1]) / 2 - f.brow_arch)
+    P = canvas.point
+    canvas.draw.line([P(*inner), P(*mid), P(*outer)], fill=_c(f.hair, 0.7), width=canvas.width(f.brow_thick), joint="curve")
+
+
+def _draw_nose(canvas: _Canvas, f: FaceSpec, pose: _Pose) -> None:
+    """The nose in its style: 0 a bridge line and a base line, 1 a triangle, 2 a round tip with nostrils."""
+    d, P, box, w = canvas.draw, canvas.point, canvas.box, canvas.width
+    shade = _c(f.skin, 0.78)
     nose_top = f.eye_y + 0.05
     nose_tip = nose_top + f.nose_len
-    nx = shift * 1.3
+    nx = pose.shift * 1.3
     if f.nose_style == 0:
         d.line([P(nx, nose_top), P(nx + 0.03, nose_tip)], fill=shade, width=w(0.025))
         d.line([P(nx - f.nose_w, nose_tip), P(nx + f.nose_w, nose_tip)], fill=shade, width=w(0.03))
@@ -243,25 +312,28 @@ def _draw_face(f: FaceSpec, rng: np.random.Generator, side: int) -> Image.Image:
         for sgn in (-1, 1):
             d.ellipse(box(nx + sgn * f.nose_w * 0.5, nose_tip, 0.025, 0.018), fill=_c(f.skin, 0.45))
 
-    curve = f.mouth_curve + rng.uniform(-0.07, 0.1)
-    mx, my, mw = shift, f.mouth_y, f.mouth_w * rng.uniform(0.9, 1.1)
-    if rng.random() < 0.2:  # open mouth
-        d.ellipse(box(mx, my + 0.02, mw * 0.7, rng.uniform(0.04, 0.1)), fill=(60, 20, 25))
-    lips = [P(mx + mw * t, my + curve * (1 - 2 * (2 * t) ** 2)) for t in np.linspace(-0.5, 0.5, 9)]  # curve > 0: smile
-    d.line(lips, fill=_c(f.lip_color), width=w(f.lip), joint="curve")
 
-    if f.mole is not None:
-        d.ellipse(box(f.mole[0] * rx + shift, f.mole[1], 0.025, 0.025), fill=(60, 40, 30))
-    if f.glasses:
-        frame = (25, 25, 30)
-        for sgn in (-1, 1):
-            b = box(sgn * f.eye_dx + shift, f.eye_y, f.eye_w * 1.35, f.eye_w * 1.0)
-            if f.glasses == 1:
-                d.ellipse(b, outline=frame, width=w(0.025))
-            else:
-                d.rectangle(b, outline=frame, width=w(0.025))
-        d.line([P(-f.eye_dx + f.eye_w * 1.35 + shift, f.eye_y), P(f.eye_dx - f.eye_w * 1.35 + shift, f.eye_y)], fill=frame, width=w(0.025))
-    return layer
+def _draw_mouth(canvas: _Canvas, f: FaceSpec, pose: _Pose, rng: np.random.Generator) -> None:
+    """The lips with this image's expression: curve (> 0: smile) and width drawn at random, sometimes open."""
+    curve = f.mouth_curve + rng.uniform(-0.07, 0.1)
+    mx, my, mw = pose.shift, f.mouth_y, f.mouth_w * rng.uniform(0.9, 1.1)
+    if rng.random() < 0.2:  # open mouth
+        canvas.draw.ellipse(canvas.box(mx, my + 0.02, mw * 0.7, rng.uniform(0.04, 0.1)), fill=(60, 20, 25))
+    lips = [canvas.point(mx + mw * t, my + curve * (1 - 2 * (2 * t) ** 2)) for t in np.linspace(-0.5, 0.5, 9)]
+    canvas.draw.line(lips, fill=_c(f.lip_color), width=canvas.width(f.lip), joint="curve")
+
+
+def _draw_glasses(canvas: _Canvas, f: FaceSpec, pose: _Pose) -> None:
+    """Round (1) or rectangular (2) frames around both eyes and the bridge between them."""
+    d, P, shift = canvas.draw, canvas.point, pose.shift
+    frame = (25, 25, 30)
+    for sgn in (-1, 1):
+        b = canvas.box(sgn * f.eye_dx + shift, f.eye_y, f.eye_w * 1.35, f.eye_w * 1.0)
+        if f.glasses == 1:
+            d.ellipse(b, outline=frame, width=canvas.width(0.025))
+        else:
+            d.rectangle(b, outline=frame, width=canvas.width(0.025))
+    d.line([P(-f.eye_dx + f.eye_w * 1.35 + shift, f.eye_y), P(f.eye_dx - f.eye_w * 1.35 + shift, f.eye_y)], fill=frame, width=canvas.width(0.025))
 
 
 def _background(rng: np.random.Generator, side: int) -> np.ndarray:
@@ -454,44 +526,68 @@ def make_pairs(
     images = _numbered_images(Path(folder))
     names = sorted(images)
     nums = [sorted(images[n]) for n in names]
+    total = per * folds  # matched pairs, and as many mismatched
+    same_weight = _check_pair_capacity(folder, nums, total)
+    rng = np.random.default_rng(seed)
+    seen: set[tuple] = set()
+    same = _draw_matched(rng, nums, same_weight / same_weight.sum(), total, seen)
+    if float(sum(len(v) for v in nums)) ** 2 / 2 < total:
+        raise DataError(f"{folder} allows too few mismatched pairs for {total}")
+    diff = _draw_mismatched(rng, nums, total, seen)
+    if len(same) < total or len(diff) < total:
+        raise DataError(f"could not draw {total} distinct matched and mismatched pairs from {folder}; ask for fewer")
+    atomic_write_text(out_pairs_file, _pairs_text(names, same, diff, per=per, folds=folds))
+    return Path(out_pairs_file)
+
+
+def _check_pair_capacity(folder: str | os.PathLike, nums: list[list[int]], total: int) -> np.ndarray:
+    """Refuse folders with fewer than ``total`` distinct matched pairs or fewer than 2 identities; the matched pairs per identity."""
     sizes = np.array([len(v) for v in nums])
     same_weight = sizes * (sizes - 1) / 2
-    total_same, total = per * folds, per * folds
-    if same_weight.sum() < total_same:
-        raise DataError(f"{folder} allows only {int(same_weight.sum())} distinct matched pairs; {total_same} were asked for")
-    if len(names) < 2:
-        raise DataError(f"{folder} has {len(names)} identity; mismatched pairs need at least 2")
-    rng = np.random.default_rng(seed)
+    if same_weight.sum() < total:
+        raise DataError(f"{folder} allows only {int(same_weight.sum())} distinct matched pairs; {total} were asked for")
+    if len(nums) < 2:
+        raise DataError(f"{folder} has {len(nums)} identity; mismatched pairs need at least 2")
+    return same_weight
+
+
+def _draw_matched(rng: np.random.Generator, nums: list[list[int]], p: np.ndarray, total: int, seen: set[tuple]) -> list[tuple[int, int, int]]:
+    """Up to ``total`` distinct matched pairs ``(identity, image number, image number)``: identity by ``p``, two distinct images of it.
+
+    The draws of a pair already in ``seen`` are dropped; every kept pair is added to ``seen``.
+    """
     same: list[tuple[int, int, int]] = []
-    seen: set[tuple] = set()
-    p = same_weight / same_weight.sum()
-    for _ in range(100 * total_same + 1000):
-        if len(same) == total_same:
+    for _ in range(100 * total + 1000):
+        if len(same) == total:
             break
-        c = int(rng.choice(len(names), p=p))
+        c = int(rng.choice(len(nums), p=p))
         i, j = sorted(rng.choice(len(nums[c]), size=2, replace=False).tolist())
         key = (c, i, j)
         if key not in seen:
             seen.add(key)
             same.append((c, nums[c][i], nums[c][j]))
+    return same
+
+
+def _draw_mismatched(rng: np.random.Generator, nums: list[list[int]], total: int, seen: set[tuple]) -> list[tuple[int, int, int, int]]:
+    """Up to ``total`` distinct mismatched pairs ``(identity, image number, identity, image number)``, identities uniform."""
     diff: list[tuple[int, int, int, int]] = []
-    max_diff = float(sizes.sum()) ** 2 / 2
-    if max_diff < total:
-        raise DataError(f"{folder} allows too few mismatched pairs for {total}")
     for _ in range(100 * total + 1000):
         if len(diff) == total:
             break
-        a, b = sorted(rng.choice(len(names), size=2, replace=False).tolist())
+        a, b = sorted(rng.choice(len(nums), size=2, replace=False).tolist())
         i, j = int(rng.integers(len(nums[a]))), int(rng.integers(len(nums[b])))
         key = (a, i, b, j)
         if key not in seen:
             seen.add(key)
             diff.append((a, nums[a][i], b, nums[b][j]))
-    if len(same) < total_same or len(diff) < total:
-        raise DataError(f"could not draw {total} distinct matched and mismatched pairs from {folder}; ask for fewer")
+    return diff
+
+
+def _pairs_text(names: list[str], same: list[tuple[int, int, int]], diff: list[tuple[int, int, int, int]], *, per: int, folds: int) -> str:
+    """The pairs file: the header line, then per fold ``per`` matched and ``per`` mismatched tab-separated lines."""
     lines = [f"{per}" if folds == 1 else f"{folds}\t{per}"]
     for f in range(folds):
         lines += [f"{names[c]}\t{i}\t{j}" for c, i, j in same[f * per : (f + 1) * per]]
         lines += [f"{names[a]}\t{i}\t{names[b]}\t{j}" for a, i, b, j in diff[f * per : (f + 1) * per]]
-    atomic_write_text(out_pairs_file, "\n".join(lines) + "\n")
-    return Path(out_pairs_file)
+    return "\n".join(lines) + "\n"

@@ -331,7 +331,7 @@ def evaluate(
     dict
         ``{"pairs": str(pairs), **verify(...)}``: the ``eval.json`` content.
     """
-    from cleanface.training.embed import embed_arrays  # torch is imported only when embedding
+    from cleanface.inference.embed import embed_arrays  # torch is imported only when embedding
 
     images_a, images_b, same, fold = load_pairs(pairs, images_root, folds=folds)
     slot: dict[str | bytes, int] = {}

@@ -298,7 +298,7 @@ def _identity_summary(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _load_run(run_dir: str | os.PathLike, device: str) -> Any:
-    from cleanface.training.run import load_run
+    from cleanface.inference.run import load_run
 
     return load_run(run_dir, device=device)
 

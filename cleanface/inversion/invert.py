@@ -129,7 +129,7 @@ def _check_targets(targets: np.ndarray | torch.Tensor) -> torch.Tensor:
     return t / norms[:, None]
 
 
-def _check_settings(size: int, steps: int, lr: float, weights: dict[str, float], jitter: int) -> None:
+def _check_settings(size: int, steps: int, lr: float, weights: dict[str, float], jitter: int, init_std: float) -> None:
     if size < 8:
         raise ConfigError(f"size must be at least 8 pixels, got {size}")
     if steps < 1:
@@ -143,6 +143,8 @@ def _check_settings(size: int, steps: int, lr: float, weights: dict[str, float],
         raise ConfigError("cos_weight must be positive: without it nothing ties the images to the targets")
     if not 0 <= jitter < size // 2:
         raise ConfigError(f"jitter must be between 0 and {size // 2 - 1} pixels for {size}-pixel images, got {jitter}")
+    if not (init_std > 0 and math.isfinite(init_std)):
+        raise ConfigError(f"init_std must be a positive number, got {init_std}")
 
 
 def _tv(x: torch.Tensor) -> torch.Tensor:
@@ -219,59 +221,133 @@ def invert(
     if jitter is None:
         jitter = max(1, size // 32)
     weights = {"bn_weight": float(bn_weight), "cos_weight": float(cos_weight), "tv_weight": float(tv_weight), "l2_weight": float(l2_weight)}
-    _check_settings(size, steps, lr, weights, jitter)
-    if not (init_std > 0 and math.isfinite(init_std)):
-        raise ConfigError(f"init_std must be a positive number, got {init_std}")
+    _check_settings(size, steps, lr, weights, jitter, init_std)
     dev = resolve_device(device)
     settings: dict[str, Any] = {
         "size": size, "steps": steps, "lr": lr, **weights, "jitter": jitter, "flip": flip,
         "init_std": init_std, "seed": seed, "device": str(dev), "targets": int(t.shape[0]),
     }
-    gen = torch.Generator().manual_seed(int(seed))
-    z = (torch.randn((t.shape[0], 3, size, size), generator=gen) * init_std).to(dev).requires_grad_(True)
-    shifts = torch.randint(-jitter, jitter + 1, (steps, 2), generator=gen).tolist() if jitter else [[0, 0]] * steps
-    flips = (torch.rand(steps, generator=gen) < 0.5).tolist() if flip else [False] * steps
-    target = t.to(dev)
-    history: dict[str, list[float]] = {k: [] for k in HISTORY_KEYS}
-    optimiser = torch.optim.Adam([z], lr=lr, betas=(0.9, 0.999))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda i: 0.5 * (1 + math.cos(math.pi * i / steps)))
-    has_bn = bool(bn_layers(backbone))
-    if not has_bn and bn_weight > 0:
-        raise ConfigError(f"{type(backbone).__name__} has no BatchNorm2d layer with running statistics; use bn_weight=0 (--no-bn-prior)")
+    z, shifts, flips = _random_start(seed, t.shape[0], size, steps, init_std=init_std, jitter=jitter, flip=flip)
+    z = z.to(dev).requires_grad_(True)
+    has_bn = _has_bn_prior(backbone, bn_weight)
+    loss_weights = _LossWeights(cos=cos_weight, bn=bn_weight, tv=tv_weight, l2=l2_weight)
     start = time.perf_counter()
     with frozen(backbone, dev), BNPrior(backbone) if has_bn else contextlib.nullcontext() as prior, make_progress(
         silent=silent, extra="cos {task.fields[cos]:.3f} bn {task.fields[bn]:.3g}"
     ) as progress:
-        task = progress.add_task(f"inverting {t.shape[0]} vectors", total=steps, cos=0.0, bn=0.0)
-        for i in range(steps):
-            x = torch.tanh(z)
-            view = torch.roll(x, shifts=tuple(shifts[i]), dims=(2, 3)) if jitter else x
-            if flips[i]:
-                view = view.flip(3)
-            if prior is not None:
-                prior.reset()
-            emb = backbone(view)
-            if emb.ndim != 2 or emb.shape[1] != t.shape[1]:
-                raise ConfigError(f"the backbone gives embeddings of shape {tuple(emb.shape)} but the targets have D={t.shape[1]}")
-            cos = (F.normalize(emb.float(), dim=1) * target).sum(dim=1)
-            bn = prior.loss() if prior is not None else torch.zeros((), device=dev)
-            tv = _tv(x)
-            l2 = x.pow(2).mean()
-            ramp = 1.0 + (COS_RAMP - 1.0) * i / max(1, steps - 1)
-            loss = cos_weight * ramp * (1 - cos).mean() + bn_weight * bn + tv_weight * tv + l2_weight * l2
-            if not torch.isfinite(loss):
-                raise TrainingError(f"inversion loss became {float(loss)} at step {i}; lower the learning rate")
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            optimiser.step()
-            scheduler.step()
-            for key, value in zip(HISTORY_KEYS, (loss, cos.mean(), bn, tv, l2)):
-                history[key].append(float(value.detach()))
-            progress.update(task, advance=1, cos=history["cos"][-1], bn=history["bn"][-1])
+        history = _optimise(backbone, prior, z, t.to(dev), shifts, flips, lr=lr, weights=loss_weights, progress=progress)
         seconds = time.perf_counter() - start
-        with torch.no_grad():
-            images = to_uint8(torch.tanh(z))
-        final = embed_images(backbone, images, device=dev)
-        distance = bn_distance(backbone, images, device=dev) if has_bn else float("nan")
-    final_cos = (final * t.numpy()).sum(axis=1).astype(np.float32)
+        images, final_cos, distance = _written_result(backbone, z, t, dev, has_bn=has_bn)
     return InversionResult(images=images, final_cos=final_cos, history=history, bn_distance=distance, seconds=seconds, settings=settings)
+
+
+# -- the steps of invert ----------------------------------------------------------------------
+@dataclass(frozen=True)
+class _LossWeights:
+    """The weights of the loss terms, as given to :func:`invert`."""
+
+    cos: float
+    bn: float
+    tv: float
+    l2: float
+
+
+def _has_bn_prior(backbone: nn.Module, bn_weight: float) -> bool:
+    """Whether ``backbone`` holds BatchNorm2d layers with running statistics; refused without them when ``bn_weight > 0``."""
+    has_bn = bool(bn_layers(backbone))
+    if not has_bn and bn_weight > 0:
+        raise ConfigError(f"{type(backbone).__name__} has no BatchNorm2d layer with running statistics; use bn_weight=0 (--no-bn-prior)")
+    return has_bn
+
+
+def _random_start(seed: int, m: int, size: int, steps: int, *, init_std: float, jitter: int, flip: bool) -> tuple[torch.Tensor, list[list[int]] | None, list[bool]]:
+    """Everything random of an inversion, drawn on the CPU from one generator seeded with ``seed``, in this order.
+
+    Returns
+    -------
+    z : Tensor of shape (M, 3, S, S)
+        The initial tanh-space pixels, normal with standard deviation ``init_std``.
+    shifts : list of ``steps`` [dy, dx] in [-jitter, jitter], or None without jitter
+    flips : list of ``steps`` bools (all False without ``flip``)
+    """
+    gen = torch.Generator().manual_seed(int(seed))
+    z = torch.randn((m, 3, size, size), generator=gen) * init_std
+    shifts = torch.randint(-jitter, jitter + 1, (steps, 2), generator=gen).tolist() if jitter else None
+    flips = (torch.rand(steps, generator=gen) < 0.5).tolist() if flip else [False] * steps
+    return z, shifts, flips
+
+
+def _optimise(
+    backbone: nn.Module,
+    prior: BNPrior | None,
+    z: torch.Tensor,
+    target: torch.Tensor,
+    shifts: list[list[int]] | None,
+    flips: list[bool],
+    *,
+    lr: float,
+    weights: _LossWeights,
+    progress: Any,
+) -> dict[str, list[float]]:
+    """Adam on ``z`` (in place) for ``len(flips)`` steps with a cosine-decayed learning rate; the history of the loss terms.
+
+    Each step is shown on the ``progress`` bar with its mean cosine and R_bn.
+    """
+    steps = len(flips)
+    task = progress.add_task(f"inverting {z.shape[0]} vectors", total=steps, cos=0.0, bn=0.0)
+    history: dict[str, list[float]] = {k: [] for k in HISTORY_KEYS}
+    optimiser = torch.optim.Adam([z], lr=lr, betas=(0.9, 0.999))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda i: 0.5 * (1 + math.cos(math.pi * i / steps)))
+    for i in range(steps):
+        x = torch.tanh(z)
+        view = _augmented(x, None if shifts is None else shifts[i], flips[i])
+        terms = _loss_terms(backbone, prior, x, view, target)
+        loss = _total_loss(terms, weights, i, steps)
+        if not torch.isfinite(loss):
+            raise TrainingError(f"inversion loss became {float(loss)} at step {i}; lower the learning rate")
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+        scheduler.step()
+        cos, bn, tv, l2 = terms
+        for key, value in zip(HISTORY_KEYS, (loss, cos.mean(), bn, tv, l2)):
+            history[key].append(float(value.detach()))
+        progress.update(task, advance=1, cos=history["cos"][-1], bn=history["bn"][-1])
+    return history
+
+
+def _augmented(x: torch.Tensor, shift: list[int] | None, flipped: bool) -> torch.Tensor:
+    """The batch as the backbone sees it this step: rolled circularly by ``shift`` (dy, dx), mirrored when ``flipped``."""
+    view = torch.roll(x, shifts=tuple(shift), dims=(2, 3)) if shift is not None else x
+    if flipped:
+        view = view.flip(3)
+    return view
+
+
+def _loss_terms(backbone: nn.Module, prior: BNPrior | None, x: torch.Tensor, view: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The per-image cosines (M,) of ``view`` to ``target``, and R_bn (0 without a prior), TV and mean squared pixel of ``x``."""
+    if prior is not None:
+        prior.reset()
+    emb = backbone(view)
+    if emb.ndim != 2 or emb.shape[1] != target.shape[1]:
+        raise ConfigError(f"the backbone gives embeddings of shape {tuple(emb.shape)} but the targets have D={target.shape[1]}")
+    cos = (F.normalize(emb.float(), dim=1) * target).sum(dim=1)
+    bn = prior.loss() if prior is not None else torch.zeros((), device=x.device)
+    return cos, bn, _tv(x), x.pow(2).mean()
+
+
+def _total_loss(terms: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], weights: _LossWeights, i: int, steps: int) -> torch.Tensor:
+    """The weighted loss of step ``i``, the embedding term's weight ramped up to ``COS_RAMP`` times (module docstring)."""
+    cos, bn, tv, l2 = terms
+    ramp = 1.0 + (COS_RAMP - 1.0) * i / max(1, steps - 1)
+    return weights.cos * ramp * (1 - cos).mean() + weights.bn * bn + weights.tv * tv + weights.l2 * l2
+
+
+def _written_result(backbone: nn.Module, z: torch.Tensor, t: torch.Tensor, dev: torch.device, *, has_bn: bool) -> tuple[np.ndarray, np.ndarray, float]:
+    """The uint8 images of ``z``, their embeddings' cosines to the targets ``t`` (M,) and their R_bn (NaN without BatchNorm)."""
+    with torch.no_grad():
+        images = to_uint8(torch.tanh(z))
+    final = embed_images(backbone, images, device=dev)
+    distance = bn_distance(backbone, images, device=dev) if has_bn else float("nan")
+    final_cos = (final * t.numpy()).sum(axis=1).astype(np.float32)
+    return images, final_cos, distance

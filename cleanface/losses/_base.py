@@ -12,6 +12,7 @@ classes present in the batch plus a random sample of the others.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import nn
@@ -61,6 +62,12 @@ class MarginHead(nn.Module):
     def target_margin(self, target_cos: torch.Tensor) -> torch.Tensor:
         """Margin version of the target cosines: (B,) float32 -> (B,) float32 (unscaled)."""
         raise NotImplementedError
+
+    def share_draws(self, group: Any = None) -> None:
+        """Make the ranks of ``group`` use the same random draws per step (a no-op: this head draws none).
+
+        Heads that draw per step (ElasticFace) override it; the sharded head calls it.
+        """
 
     # -- shared machinery ----------------------------------------------------------------
     def cosine(self, embeddings: torch.Tensor, classes: torch.Tensor | None = None) -> torch.Tensor:

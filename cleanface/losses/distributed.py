@@ -9,6 +9,9 @@ classes ``[r * C // W, (r + 1) * C // W)``). A step:
    shard's positive classes plus sampled negatives, as in Partial FC);
 3. shares each sample's target cosine across ranks (needed by ElasticFace+, which ranks
    the whole batch), applies the margin on the rank that owns the target class, scales;
+   heads that draw per step (ElasticFace) use the draws of the group's first rank
+   (:meth:`MarginHead.share_draws`), so each sample gets the margin that one process
+   seeded like the first rank would give it;
 4. computes the softmax cross entropy with its row maximum and row sum all-reduced.
 
 The loss and the gradients of the embeddings and of every shard equal those of one
@@ -138,6 +141,7 @@ class DistributedPartialFC(nn.Module):
         self.class_end = (self.rank + 1) * num_classes // self.world_size
         self.sample_rate = float(sample_rate)
         self.head = create_head(head, embedding_size, self.class_end - self.class_start, **head_kwargs)
+        self.head.share_draws(group)
         self.last_classes: torch.Tensor | None = None
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

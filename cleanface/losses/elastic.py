@@ -8,11 +8,21 @@ Boutros et al., "ElasticFace: Elastic Margin Loss for Deep Face Recognition" (CV
   to the easiest; the rank correlation between margin and target cosine is -1.
 
 Margins are drawn only in training mode; in eval mode every sample gets the mean m.
+They come from the global torch generator (the CUDA one on a GPU), so a run seeded the
+same draws the same margins, and a resumed run, whose checkpoint restores the
+generators, draws those of an uninterrupted one. Under a sharded head
+(:class:`cleanface.losses.distributed.DistributedPartialFC`, which calls
+:meth:`ElasticHead.share_draws`) the first rank of the group draws the margins of the
+whole global batch and broadcasts them, so every rank assigns each sample the margin
+one process seeded like the first rank would: the "+" ordering stays exact.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
+import torch.distributed as dist
 
 from cleanface.errors import ConfigError
 from cleanface.losses._base import MarginHead, check_margin
@@ -56,12 +66,35 @@ class ElasticHead(MarginHead):
             raise ConfigError(f"{type(self).__name__} sigma must be in [0, 1], got {sigma!r}")
         self.sigma = float(sigma)
         self.last_margins: torch.Tensor | None = None
+        self._shared_draws = False
+        self._draw_group: Any = None
+
+    def share_draws(self, group: Any = None) -> None:
+        """Use, on every rank of ``group`` (the default group when None), the margins its first rank draws.
+
+        Each training step then costs one broadcast of B floats; every rank of the group
+        must call the head in the same steps with the same batch size.
+        """
+        self._shared_draws, self._draw_group = True, group
+
+    def _normal(self, target_cos: torch.Tensor) -> torch.Tensor:
+        """B draws of N(margin, sigma), from the global generator or broadcast by the group's first rank."""
+        if not self._shared_draws:
+            return torch.normal(self.margin, self.sigma, size=target_cos.shape, device=target_cos.device)
+        group = self._draw_group
+        first = 0 if group is None else dist.get_global_rank(group, 0)
+        if dist.get_rank() == first:
+            margins = torch.normal(self.margin, self.sigma, size=target_cos.shape, device=target_cos.device)
+        else:
+            margins = torch.empty(target_cos.shape, device=target_cos.device)
+        dist.broadcast(margins, src=first, group=group)
+        return margins
 
     def draw_margins(self, target_cos: torch.Tensor) -> torch.Tensor:
         """Per-sample margins (B,) for this step (the mean margin in eval mode)."""
         if not self.training or self.sigma == 0.0:
             return torch.full_like(target_cos, self.margin)
-        margins = torch.normal(self.margin, self.sigma, size=target_cos.shape, device=target_cos.device)
+        margins = self._normal(target_cos)
         if self.plus:
             margins = hardest_get_largest(margins, target_cos.detach())
         return margins

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from cleanface._atomic import atomic_write_json
-from cleanface.errors import ConfigError
+from cleanface.errors import CleanfaceError, ConfigError
 from cleanface.pipeline.engine import StageContext, register_stage
 
 TRAIN_KEYS = (
@@ -161,7 +161,21 @@ def _train(ctx: StageContext, final: bool) -> dict[str, Any]:
         train_final(data, run, loss=s.get("loss", "elastic-arc+"), **overrides)
     else:
         train_subcenter(data, run, **overrides)
-    return {"run": str(run), "report": str(run / "report" / "index.html")}
+    from cleanface.report.training import render_training_report
+
+    return {"run": str(run), **_report(run, render_training_report)}
+
+
+def _report(directory: Path, render: Any, **kwargs: Any) -> dict[str, Any]:
+    """Render the report of a finished stage output: ``{"report": path}``, or ``{"report": None, "report_error": why}``.
+
+    The stage's work is complete when this runs; a report that fails is recorded in the
+    stage outputs (``cleanface report`` renders it again) instead of failing the stage.
+    """
+    try:
+        return {"report": str(render(directory, **kwargs))}
+    except (CleanfaceError, OSError, ValueError) as exc:
+        return {"report": None, "report_error": f"{type(exc).__name__}: {exc}"}
 
 
 @register_stage("train-subcenter", refs=("input",))
@@ -178,7 +192,7 @@ def train_final_stage(ctx: StageContext) -> dict[str, Any]:
 
 PURIFY_KEYS = (
     "threshold", "relabel", "relabel_angle", "relabel_margin", "merge", "merge_angle", "split", "split_angle",
-    "split_min_share", "dedup", "dup_cos", "drop_non_dominant", "keep_outlier_groups",
+    "split_min_share", "dedup", "dup_cos", "drop_non_dominant", "keep_outlier_groups", "sanity_check",
 )
 
 
@@ -197,16 +211,19 @@ def purify_stage(ctx: StageContext) -> dict[str, Any]:
         ctx.upstream("run", "run"), ctx.upstream("input", "data"), out, settings=settings, fmt=s.get("format", "folder"),
         truth=truth, overwrite=True, device=s.get("device", "cpu"), silent=ctx.silent,
     )
+    from cleanface.report.purify import render_purify_report
+
     summary = json.loads((out / "summary.json").read_text())
     data = out / {"folder": "data", "manifest": "manifest.csv", "rec": "train.rec"}[s.get("format", "folder")]
-    return {"data": str(data), "summary": str(out / "summary.json"), "report": str(out / "report" / "index.html"), "images_after": summary.get("images_after")}
+    report = _report(out, render_purify_report, data=ctx.upstream("input", "data"), silent=ctx.silent)
+    return {"data": str(data), "summary": str(out / "summary.json"), **report, "images_after": summary.get("images_after")}
 
 
 @register_stage("evaluate", refs=("pairs", "noisy", "purified", "clean"))
 def evaluate_stage(ctx: StageContext) -> dict[str, Any]:
     """Verification accuracy of each trained model on the held-out pairs."""
     from cleanface.eval.pairs import evaluate
-    from cleanface.training.run import load_run
+    from cleanface.inference.run import load_run
 
     _unknown(ctx, ("pairs", "noisy", "purified", "clean", "device"))
     pairs = ctx.upstream("pairs", "eval_pairs")

@@ -35,7 +35,7 @@ import numpy as np
 
 from cleanface.progress import make_progress
 from cleanface.purify._threads import parallel_map
-from cleanface.purify.analysis import EPS
+from cleanface.purify.analysis import unit_rows
 
 faiss.omp_set_num_threads(os.cpu_count() or 1)
 
@@ -346,8 +346,5 @@ def top_columns(scores: np.ndarray, k: int, *, ordered: bool = True) -> np.ndarr
 
 
 def _clean(x: np.ndarray) -> np.ndarray:
-    """Rows as contiguous float32, non-finite rows zeroed, L2-normalised."""
-    x = np.array(x, dtype=np.float32, order="C")  # a copy, normalised in place
-    x[~np.isfinite(x).all(axis=1)] = 0.0
-    x /= np.maximum(np.sqrt(np.einsum("ij,ij->i", x, x)), EPS)[:, None]
-    return x
+    """Rows as contiguous float32, non-finite rows zeroed, L2-normalised (:func:`~cleanface.purify.analysis.unit_rows`)."""
+    return np.ascontiguousarray(unit_rows(x, dtype=np.float32, tol=0.0, zero_non_finite=True))

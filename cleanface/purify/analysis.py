@@ -23,39 +23,73 @@ CHUNK = 16_384
 EPS = 1e-12
 
 
-def l2_normalize(x: np.ndarray, axis: int = -1) -> np.ndarray:
-    """``x`` as float32 divided by its L2 norm along ``axis``; zero vectors stay zero (no NaN)."""
-    x = np.asarray(x, dtype=np.float32)
-    if x.ndim and axis in (-1, x.ndim - 1):
-        norm = np.sqrt(np.einsum("...i,...i->...", x, x))[..., None]  # no (N, D) temporary
-    else:
-        norm = np.sqrt(np.sum(x * x, axis=axis, keepdims=True))
-    return x / np.maximum(norm, EPS)
+def unit_rows(
+    x: np.ndarray, *, dtype: type | None = None, tol: float | None = None, zero_non_finite: bool = False, chunk: int = CHUNK
+) -> np.ndarray:
+    """Rows of ``x`` (..., D) scaled to unit length along the last axis: the one row normaliser of purify.
 
+    Rows are read ``chunk`` at a time (a memmap is fine), cast to float32, divided by their
+    L2 norm (at least ``EPS``: zero rows stay zero, no NaN) and written in ``dtype``. When
+    ``x`` is already in ``dtype`` and its rows have unit length (or zero), it is returned
+    as it is, not copied (nor made contiguous); a copy starts at the first chunk that
+    needs dividing, the chunks before it copied unchanged.
 
-def unit_rows(x: np.ndarray, *, chunk: int = CHUNK) -> np.ndarray:
-    """Rows of ``x`` (..., D) scaled to unit length, in float16 when ``x`` is float16 and float32 otherwise.
-
-    Built for the sub-centers (C, K, D), which at 1M identities take 3 GB even in float16:
-    rows are normalised chunk by chunk in float32, and an array whose rows already have
-    unit length (within the rounding of its dtype) is returned as it is, not copied.
-    Zero rows stay zero.
+    Parameters
+    ----------
+    dtype : float16 or float32, optional
+        Of the result; by default float16 when ``x`` is float16 (the sub-centers, 3 GB
+        even so at 1M identities) and float32 otherwise.
+    tol : float, optional
+        How far from 1 a norm may be for the row to count as unit. By default the rounding
+        of ``dtype`` (2e-3 for float16, 1e-5 for float32). With 0 only rows whose float32
+        norm is exactly 1 are kept as they are, so the result is bitwise the divided one.
+    zero_non_finite : bool
+        Rows holding NaN or inf become zero rows (else they give NaN rows).
     """
     x = np.asarray(x)
-    dtype = np.float16 if x.dtype == np.float16 else np.float32
-    tol = 2e-3 if dtype == np.float16 else 1e-5
+    dtype = np.dtype(dtype or (np.float16 if x.dtype == np.float16 else np.float32)).type
+    tol = (2e-3 if dtype == np.float16 else 1e-5) if tol is None else tol
     flat = x.reshape(-1, x.shape[-1])
+    if dtype == np.float32 and x.dtype != dtype:  # copied anyway: cast into the result and normalised there
+        out = np.empty(flat.shape, dtype=np.float32)
+        for s in range(0, len(flat), chunk):
+            block = out[s : s + chunk]
+            block[...] = flat[s : s + chunk]
+            if zero_non_finite:
+                _zero_non_finite(block, in_place=True)
+            block /= np.maximum(np.sqrt(np.einsum("ij,ij->i", block, block)), EPS)[:, None]
+        return out.reshape(x.shape)
     out = None
     for s in range(0, len(flat), chunk):
-        block = np.asarray(flat[s : s + chunk], dtype=np.float32)
+        block = np.asarray(flat[s : s + chunk], dtype=np.float32)  # the rows of x themselves when x is float32
+        same = x.dtype == dtype  # the block holds the rows of x as they are
+        if zero_non_finite:
+            cleaned = _zero_non_finite(block)
+            same, block = same and cleaned is block, cleaned
         norm = np.sqrt(np.einsum("ij,ij->i", block, block))
-        if out is None and x.dtype == dtype and bool(np.all((np.abs(norm - 1.0) <= tol) | (norm == 0.0))):
+        if out is None and same and bool(np.all((np.abs(norm - 1.0) <= tol) | (norm == 0.0))):
             continue  # unit rows so far: nothing to write yet
         if out is None:
             out = np.empty(flat.shape, dtype=dtype)
             out[:s] = flat[:s]
-        out[s : s + chunk] = block / np.maximum(norm, EPS)[:, None]
+        np.divide(block, np.maximum(norm, EPS)[:, None], out=out[s : s + chunk])  # no temporary: written in place
     return x if out is None else out.reshape(x.shape)
+
+
+def _zero_non_finite(block: np.ndarray, *, in_place: bool = False) -> np.ndarray:
+    """``block`` (B, D) float32 with its rows holding NaN or inf set to zero: in place, or else a copy when any is."""
+    bad = ~np.isfinite(block).all(axis=1)
+    if not bad.any():
+        return block
+    if in_place:
+        block[bad] = 0.0
+        return block
+    return np.where(bad[:, None], np.float32(0.0), block)
+
+
+def l2_normalize(x: np.ndarray) -> np.ndarray:
+    """``x`` as float32 with rows of unit length (zero rows stay zero): :func:`unit_rows` with ``dtype=float32, tol=0``."""
+    return unit_rows(x, dtype=np.float32, tol=0.0)
 
 
 def cos_to_degrees(cos: np.ndarray) -> np.ndarray:
@@ -115,7 +149,7 @@ def nearest_subcenter(
     def one_chunk(s: int) -> None:
         e = np.asarray(embeddings[s : s + chunk], dtype=np.float32)
         ok = np.isfinite(e).all(axis=1)
-        e = l2_normalize(np.where(ok[:, None], e, 0.0))
+        e = unit_rows(np.where(ok[:, None], e, 0.0), dtype=np.float32, tol=0.0)
         c = np.matmul(np.asarray(centers[labels[s : s + chunk]], dtype=np.float32), e[:, :, None])[:, :, 0]  # (B, K)
         c[~ok] = np.nan
         cos[s : s + chunk] = c

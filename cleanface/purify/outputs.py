@@ -47,6 +47,20 @@ def decision_rows(index: DatasetIndex, decisions: Decisions) -> Iterator[list[st
         ]
 
 
+UNINDEXED_REASON = "not indexed: {}"
+
+
+def unindexed_rows(index: DatasetIndex) -> Iterator[list[str]]:
+    """A ``drop`` row for every input entry indexing set aside (``index.bad_files``): nothing vanishes silently.
+
+    These entries are not samples, so their ``index`` cell (and every model column) is
+    empty; the reason says why indexing refused them.
+    """
+    blank = [""] * (len(DECISION_COLUMNS) - 6)
+    for bad in index.bad_files:
+        yield ["", bad.location, "", "", "drop", UNINDEXED_REASON.format(bad.reason), *blank]
+
+
 def write_decisions_csv(path: str | os.PathLike, index: DatasetIndex, decisions: Decisions) -> Path:
     """Write ``decisions.csv`` (columns :data:`DECISION_COLUMNS`, UTF-8, ``\\n`` line ends) atomically."""
     path = Path(path)
@@ -55,9 +69,18 @@ def write_decisions_csv(path: str | os.PathLike, index: DatasetIndex, decisions:
         writer = csv.writer(text, lineterminator="\n")
         writer.writerow(DECISION_COLUMNS)
         writer.writerows(decision_rows(index, decisions))
+        writer.writerows(unindexed_rows(index))
         text.flush()
         text.detach()
     return path
+
+
+def _utf8(text: str) -> str:
+    """``text`` as valid UTF-8 for Parquet: undecodable bytes of file names (kept as surrogates) become U+FFFD.
+
+    ``decisions.csv`` keeps the exact bytes; Parquet strings must be UTF-8.
+    """
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def write_decisions_parquet(path: str | os.PathLike, index: DatasetIndex, decisions: Decisions) -> Path | None:
@@ -67,21 +90,28 @@ def write_decisions_parquet(path: str | os.PathLike, index: DatasetIndex, decisi
         import pyarrow.parquet as pq
     except ImportError:
         return None
-    names = np.array(index.names, dtype=object)
-    out_names = np.array(decisions.names + [""], dtype=object)
-    table = pa.table({
-        "index": np.arange(len(index), dtype=np.int64),
-        "location": [index.location(i) for i in range(len(index))],
-        "old_identity": names[index.labels],
-        "new_identity": out_names[decisions.new_label],
-        "action": np.array(ACTIONS, dtype=object)[decisions.action],
-        "reason": np.array(REASONS, dtype=object)[decisions.reason],
-        "angle": decisions.angle,
-        "nearest_subcenter": decisions.nearest,
-        "dominant_subcenter": decisions.dominant,
-        "best_other_identity": np.array(list(index.names) + [""], dtype=object)[decisions.best_other],
-        "best_other_angle": decisions.best_other_angle,
-    })
+    names = np.array([_utf8(x) for x in index.names], dtype=object)
+    out_names = np.array([_utf8(x) for x in decisions.names] + [""], dtype=object)
+    extra = list(unindexed_rows(index))
+    n, m = len(index), len(extra)
+
+    def more(values: Any, filler: Any, dtype: Any = object) -> np.ndarray:
+        return np.concatenate([np.asarray(values, dtype=dtype), np.full(m, filler, dtype=dtype)])
+
+    columns = {
+        "index": pa.array(more(np.arange(n), 0, np.int64), mask=more(np.zeros(n, bool), True, bool)),
+        "location": [_utf8(index.location(i)) for i in range(n)] + [_utf8(row[1]) for row in extra],
+        "old_identity": more(names[index.labels], ""),
+        "new_identity": more(out_names[decisions.new_label], ""),
+        "action": more(np.array(ACTIONS, dtype=object)[decisions.action], "drop"),
+        "reason": np.concatenate([np.array(REASONS, dtype=object)[decisions.reason], np.array([row[5] for row in extra], dtype=object)]),
+        "angle": more(decisions.angle, np.nan, np.float32),
+        "nearest_subcenter": more(decisions.nearest, -1, np.int64),
+        "dominant_subcenter": more(decisions.dominant, -1, np.int64),
+        "best_other_identity": more(np.append(names, "")[decisions.best_other], ""),
+        "best_other_angle": more(decisions.best_other_angle, np.nan, np.float32),
+    }
+    table = pa.table(columns)
     buf = pa.BufferOutputStream()
     pq.write_table(table, buf)
     with atomic_write(path, "wb") as handle:

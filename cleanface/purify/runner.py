@@ -20,20 +20,22 @@ second purify into the same directory while one runs:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import platform
-import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from cleanface._atomic import RunLock, atomic_write_json, check_output_dir, mark_complete, staging_dir
+from cleanface._atomic import RunLock, atomic_write_json, check_output_dir, mark_complete, remove_path, staging_dir
 from cleanface.data.index import DatasetIndex
-from cleanface.errors import CheckpointError, ConfigError, DataError
+from cleanface.errors import ConfigError, DataError
+from cleanface.inference.embed import embed_index
+from cleanface.inference.run import LoadedRun, accuracy_per_epoch, load_run, model_stamp, read_run_names, run_centers
+from cleanface.inference.stored import read_embeddings_file
 from cleanface.purify.decisions import Decisions, decide
 from cleanface.purify.outputs import (
     analysis_arrays,
@@ -43,6 +45,7 @@ from cleanface.purify.outputs import (
     write_npz,
     write_summary,
 )
+from cleanface.purify.sanity import check_result
 from cleanface.purify.settings import PurifySettings
 
 FORMATS = ("folder", "manifest", "rec")
@@ -52,18 +55,6 @@ SOURCE_FILE = "source.json"
 
 
 # -- checks done before any work ------------------------------------------------------------------
-def read_run_names(run_dir: str | os.PathLike) -> list[str]:
-    """Identity names of a run (``identities.txt``, label order)."""
-    path = Path(run_dir) / "identities.txt"
-    if not Path(run_dir).is_dir():
-        raise CheckpointError(f"run directory {run_dir} not found")
-    try:
-        text = path.read_text(encoding="utf-8", errors="surrogateescape")
-    except OSError as exc:
-        raise CheckpointError(f"cannot read {path}: {exc.strerror or exc}; is {run_dir} a training run directory?") from None
-    return [line for line in text.split("\n") if line != ""]
-
-
 def match_run(index: DatasetIndex, run_names: list[str], run_dir: str | os.PathLike, data: str | os.PathLike) -> DatasetIndex:
     """``index`` with labels in the run's identity order; a :class:`DataError` when the identities differ.
 
@@ -101,67 +92,13 @@ def check_files(index: DatasetIndex, data: str | os.PathLike) -> None:
         raise DataError(f"{len(missing)} of {len(index)} images of dataset {data} are missing (first: {index.location(missing[0])}); re-index or restore the dataset")
 
 
-def read_embeddings_file(path: str | os.PathLike, index: DatasetIndex) -> np.ndarray:
-    """Embeddings written by ``embed_index`` (a directory or its ``embeddings.npy``), memory-mapped.
-
-    The ``embeddings.json`` beside it must carry the fingerprint of ``index`` and its count.
-    """
-    path = Path(path)
-    npy = path / "embeddings.npy" if path.is_dir() else path
-    meta_path = npy.with_suffix(".json")
-    try:
-        meta = json.loads(meta_path.read_text())
-    except (OSError, ValueError) as exc:
-        raise DataError(f"cannot read {meta_path} beside the embeddings {npy}: {exc}") from None
-    fingerprint = meta.get("fingerprint", meta.get("index_fingerprint"))
-    if fingerprint != index.fingerprint():
-        raise DataError(f"embeddings {npy} were computed for another dataset (fingerprint {fingerprint}, this dataset {index.fingerprint()}); embed this dataset again")
-    try:
-        emb = np.load(npy, mmap_mode="r", allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise DataError(f"cannot read embeddings {npy}: {exc}") from None
-    if emb.ndim != 2 or len(emb) != len(index):
-        raise DataError(f"embeddings {npy} have shape {emb.shape} but the dataset has {len(index)} images")
-    return emb
-
-
-# -- the run: model loading and embedding (late imports: torch only when needed) --------------------
-def _load_run(run_dir: Path, device: str) -> Any:
-    try:
-        from cleanface.training.run import load_run
-    except ImportError as exc:
-        raise CheckpointError(f"cannot load the run {run_dir}: cleanface.training.run is unavailable ({exc})") from None
+# -- the run: model loading and embedding (seams the tests replace) ------------------------------
+def _load_run(run_dir: Path, device: str) -> LoadedRun:
     return load_run(run_dir, device=device)
 
 
 def _embed(backbone: Any, index: DatasetIndex, out_dir: Path, *, size: int, crop: int | None, flip: bool, device: str, silent: bool) -> None:
-    from cleanface.training.embed import embed_index
-
     embed_index(backbone, index, out_dir, size=size, crop=crop, flip=flip, device=device, silent=silent)
-
-
-def run_centers(loaded: Any, num_classes: int, run_dir: Path) -> np.ndarray:
-    """Sub-centers (C, K, D) float32 of a loaded run's head, checked against the run's identity count."""
-    centers = loaded.head.class_centers()
-    if hasattr(centers, "detach"):
-        centers = centers.detach().cpu().float().numpy()
-    centers = np.asarray(centers, dtype=np.float32)
-    if centers.ndim != 3 or len(centers) != num_classes:
-        raise CheckpointError(f"the head of run {run_dir} has sub-centers of shape {centers.shape}, expected ({num_classes}, K, D)")
-    return centers
-
-
-def _model_stamp(run_dir: Path) -> str:
-    """A hash of the run's final weights (or last checkpoint): which model the cached embeddings came from."""
-    for name in ("model.pt", os.path.join("checkpoints", "last.pt")):
-        path = run_dir / name
-        if path.is_file():
-            h = hashlib.sha256()
-            with open(path, "rb") as handle:
-                for block in iter(lambda: handle.read(1 << 20), b""):
-                    h.update(block)
-            return h.hexdigest()[:16]
-    return ""
 
 
 def cached_embeddings(stage: Path, index: DatasetIndex, source: dict) -> np.ndarray | None:
@@ -176,6 +113,55 @@ def cached_embeddings(stage: Path, index: DatasetIndex, source: dict) -> np.ndar
 
 
 # -- the runner ------------------------------------------------------------------------------------------
+@dataclass
+class _Inputs:
+    """What purify checked before any work: the dataset (in the run's label order), the run, its sub-centers."""
+
+    opened: DatasetIndex
+    index: DatasetIndex
+    loaded: LoadedRun
+    centers: np.ndarray
+    truth: dict | None
+    given: np.ndarray | None
+
+
+def _read_inputs(run_dir: Path, data: str | os.PathLike, embeddings: str | os.PathLike | None, truth: str | os.PathLike | None,
+                 device: str, silent: bool) -> _Inputs:
+    """Open and cross-check the run, the dataset, the truth file and given embeddings; one clear error on the first misfit."""
+    from cleanface.data.open import open_dataset
+
+    run_names = read_run_names(run_dir)
+    opened = open_dataset(data, silent=silent)
+    index = match_run(opened, run_names, run_dir, data)
+    check_files(index, data)
+    truth_rows = None
+    if truth is not None:
+        from cleanface.data.noise import align_truth, read_truth
+
+        truth_rows = align_truth(read_truth(truth), index)
+    given = read_embeddings_file(embeddings, opened) if embeddings is not None else None
+    loaded = _load_run(run_dir, device)
+    return _Inputs(opened, index, loaded, run_centers(loaded, len(run_names), run_dir), truth_rows, given)
+
+
+def _stage_embeddings(stage: Path, inputs: _Inputs, run_dir: Path, settings: PurifySettings, device: str, silent: bool) -> tuple[np.ndarray, str]:
+    """The embeddings to decide on: given, cached by an interrupted attempt, or computed now; and which of the three."""
+    if inputs.given is not None:
+        remove_path(stage / EMBED_DIR)
+        return inputs.given, "given"
+    config = dict(getattr(inputs.loaded, "config", {}) or {})
+    source = {"fingerprint": inputs.opened.fingerprint(), "model": model_stamp(run_dir), "flip": settings.flip,
+              "size": config.get("input_size"), "crop": config.get("crop")}
+    emb = cached_embeddings(stage, inputs.opened, source)
+    if emb is not None:
+        return emb, "cached"
+    remove_path(stage / EMBED_DIR)
+    _embed(inputs.loaded.backbone, inputs.opened, stage / EMBED_DIR, size=int(config.get("input_size", 112)), crop=config.get("crop"),
+           flip=settings.flip, device=device, silent=silent)
+    atomic_write_json(stage / EMBED_DIR / SOURCE_FILE, source)
+    return read_embeddings_file(stage / EMBED_DIR, inputs.opened), "computed"
+
+
 def purify(
     run_dir: str | os.PathLike,
     data: str | os.PathLike,
@@ -189,36 +175,20 @@ def purify(
     copy: bool = False,
     device: str = "cpu",
     silent: bool = False,
-    report: bool = True,
 ) -> Path:
     """Purify the dataset ``data`` with the sub-centers of the run ``run_dir``; write the result to ``out``.
 
-    Parameters
-    ----------
-    run_dir : path-like
-        A training run directory (``identities.txt``, ``model.pt``, ``config.json``).
-    data : path-like
-        The dataset the run was trained on (any format :func:`open_dataset` reads).
-    out : path-like
-        Output directory; a non-empty one is refused unless ``overwrite``.
-    settings : PurifySettings, optional
-    fmt : {"folder", "manifest", "rec"}
-        Format of the cleaned dataset.
-    embeddings : path-like, optional
-        Embeddings from ``embed_index`` for this dataset (skips embedding).
-    truth : path-like, optional
-        ``noise_truth.csv`` (paths relative to the dataset root): adds precision, recall
-        and F1 of the flags to the summary.
-    copy : bool
-        Copy image files instead of hard-linking them.
-    device, silent : str, bool
-    report : bool
-        Render the inspection report into ``out/report/`` (``cleanface report`` can redo it).
+    ``run_dir`` is a training run directory, ``data`` the dataset it was trained on (any
+    format :func:`open_dataset` reads), ``out`` the output directory (a non-empty one is
+    refused unless ``overwrite``), ``fmt`` the format of the cleaned dataset (one of
+    :data:`FORMATS`). ``embeddings``: embeddings of this dataset from ``embed_index``
+    (skips embedding). ``truth``: a ``noise_truth.csv`` that adds precision, recall and
+    F1 of the flags to the summary. ``copy``: copy image files instead of hard-linking.
 
-    Returns
-    -------
-    Path
-        ``out``.
+    Before anything is written, :func:`cleanface.purify.sanity.check_result` refuses a
+    model that did not learn (``settings.sanity_check`` turns it off). No report is
+    rendered: callers use :func:`cleanface.report.purify.render_purify_report`.
+    Returns ``out``.
     """
     started = time.time()
     settings = settings or PurifySettings()
@@ -227,61 +197,27 @@ def purify(
     run_dir, out = Path(run_dir), Path(out)
     with RunLock.beside(out):  # a second purify into the same output is refused while this one runs
         check_output_dir(out, overwrite=overwrite)
-        run_names = read_run_names(run_dir)
-        from cleanface.data.open import open_dataset
-
-        opened = open_dataset(data, silent=silent)
-        index = match_run(opened, run_names, run_dir, data)
-        check_files(index, data)
-        truth_rows = None
-        if truth is not None:
-            from cleanface.data.noise import align_truth, read_truth
-
-            truth_rows = align_truth(read_truth(truth), index)
-        given = read_embeddings_file(embeddings, opened) if embeddings is not None else None
-
-        loaded = _load_run(run_dir, device)
-        centers = run_centers(loaded, len(run_names), run_dir)
-        timings: dict[str, float] = {}
+        inputs = _read_inputs(run_dir, data, embeddings, truth, device, silent)
         with staging_dir(out, overwrite=overwrite) as stage:
             for entry in sorted(os.listdir(stage)):  # leftovers of an interrupted attempt, except the embedding cache
                 if entry != EMBED_DIR:
-                    _remove(stage / entry)
+                    remove_path(stage / entry)
             t0 = time.perf_counter()
-            if given is not None:
-                emb, embedded = given, "given"
-                _remove(stage / EMBED_DIR)
-            else:
-                config = dict(getattr(loaded, "config", {}) or {})
-                source = {"fingerprint": opened.fingerprint(), "model": _model_stamp(run_dir), "flip": settings.flip,
-                          "size": config.get("input_size"), "crop": config.get("crop")}
-                emb = cached_embeddings(stage, opened, source)
-                embedded = "cached"
-                if emb is None:
-                    _remove(stage / EMBED_DIR)
-                    _embed(loaded.backbone, opened, stage / EMBED_DIR, size=int(config.get("input_size", 112)), crop=config.get("crop"),
-                           flip=settings.flip, device=device, silent=silent)
-                    atomic_write_json(stage / EMBED_DIR / SOURCE_FILE, source)
-                    emb = read_embeddings_file(stage / EMBED_DIR, opened)
-                    embedded = "computed"
-            if emb.shape[1] != centers.shape[2]:
-                raise DataError(f"embeddings are {emb.shape[1]}-d but the sub-centers of run {run_dir} are {centers.shape[2]}-d")
-            timings["embed"] = round(time.perf_counter() - t0, 3)
-
-            decisions = decide(emb, index.labels, centers, settings, names=index.names, silent=silent)
+            emb, embedded = _stage_embeddings(stage, inputs, run_dir, settings, device, silent)
+            if emb.shape[1] != inputs.centers.shape[2]:
+                raise DataError(f"embeddings are {emb.shape[1]}-d but the sub-centers of run {run_dir} are {inputs.centers.shape[2]}-d")
+            timings = {"embed": round(time.perf_counter() - t0, 3)}
+            decisions = decide(emb, inputs.index.labels, inputs.centers, settings, names=inputs.index.names, silent=silent)
+            check_result(emb, decisions, settings, accuracy_per_epoch(run_dir), len(inputs.index.names))
             timings.update(decisions.timings)
             t0 = time.perf_counter()
-            write_outputs(stage, index, decisions, settings, fmt=fmt, copy=copy, truth=truth_rows, silent=silent)
+            write_outputs(stage, inputs.index, decisions, settings, fmt=fmt, copy=copy, truth=inputs.truth, silent=silent)
             timings["write"] = round(time.perf_counter() - t0, 3)
             atomic_write_json(stage / "run_info.json", {
                 "run": str(run_dir), "data": str(data), "out": str(out), "embeddings": embedded if embeddings is None else str(embeddings),
                 "truth": None if truth is None else str(truth), "device": device, "started": started, "finished": time.time(),
                 "seconds": timings, "python": platform.python_version(),
             })
-            if report:
-                from cleanface.report.purify import render_purify_report
-
-                render_purify_report(stage, data=opened, silent=silent)
             mark_complete(stage, {"images_after": int(decisions.kept.sum())})
     return out
 
@@ -306,15 +242,9 @@ def write_outputs(
         for entry in DATASET_ENTRIES[fmt]:
             if (tmp / entry).exists():
                 os.replace(tmp / entry, stage / entry)
-        _remove(tmp)
+        remove_path(tmp)
     write_decisions_csv(stage / "decisions.csv", index, decisions)
     write_decisions_parquet(stage / "decisions.parquet", index, decisions)
     write_summary(stage / "summary.json", build_summary(index, decisions, settings, fmt=fmt, truth=truth))
     write_npz(stage / "analysis.npz", analysis_arrays(decisions))
 
-
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    elif path.exists() or path.is_symlink():
-        path.unlink()

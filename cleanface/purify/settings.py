@@ -65,7 +65,12 @@ class PurifySettings:
         Embed each image as the mean of itself and its mirror image (the sub-center
         ArcFace reference embeds without flipping).
     seed : int
-        Seed of every sampled step (IVF training sample, HDBSCAN sample).
+        Seed of every sampled step (IVF training sample, HDBSCAN sample, the sample of
+        the collapse check).
+    sanity_check : bool
+        Refuse to write a result when the model did not learn: collapsed embeddings,
+        a final training accuracy near chance or one merge joining a large share of the
+        identities (:mod:`cleanface.purify.sanity`). ``--no-sanity-check`` turns it off.
     """
 
     threshold: float = 75.0
@@ -86,6 +91,7 @@ class PurifySettings:
     exact_below: int = 50_000
     flip: bool = False
     seed: int = 0
+    sanity_check: bool = True
 
     def __post_init__(self) -> None:
         for name in ("threshold", "relabel_angle", "merge_angle", "split_angle"):

@@ -21,7 +21,7 @@ from typing import Any, Iterator, Sequence
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 from markupsafe import Markup
 
-from cleanface._atomic import staging_dir
+from cleanface._atomic import remove_path, staging_dir
 from cleanface.errors import CleanfaceError
 
 ASSETS = ("style.css", "report.js")
@@ -177,7 +177,7 @@ class build_report:
         stage: Path = self._ctx.__enter__()
         for entry in list(stage.iterdir()):
             if entry.name not in KEPT_FOLDERS:
-                shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+                remove_path(entry)
         for name in KEPT_FOLDERS:
             old = self.out / name
             if old.is_dir() and not (stage / name).exists():

@@ -76,9 +76,6 @@ class DecisionTable:
             self.row_of_index = {int(v): r for r, v in enumerate(self.index.tolist())}
         return self.row_of_index.get(int(sample_index))
 
-    def action_name(self, row: int) -> str:
-        return ACTIONS[int(self.action[row])]
-
 
 def _int(text: str) -> int:
     return int(text) if text else -1
@@ -113,6 +110,8 @@ def read_decisions(path: str | os.PathLike) -> DecisionTable:
                 if not row:
                     continue
                 raise DataError(f"{path} line {lineno}: expected {width} fields, got {len(row)}")
+            if row[c_idx] == "":  # an input entry that indexing set aside: listed for the audit, not a sample
+                continue
             try:
                 index.append(int(row[c_idx]))
                 action.append(action_code[row[c_act]])

@@ -36,7 +36,7 @@ from markupsafe import Markup
 from cleanface.errors import DataError
 from cleanface.progress import make_progress
 from cleanface.report import svg
-from cleanface.report._pages import ReportWriter, build_report, format_number, pager, pages_of
+from cleanface.report._pages import ReportWriter, build_report, pager, pages_of
 from cleanface.report._pages import svg as safe_svg
 from cleanface.report.decisions_table import (
     ACTION_LABELS,

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
-from markupsafe import Markup, escape
+from markupsafe import Markup
 
 THUMB_SIZE = 64
 ACTION_CLASS = {"keep": "k", "drop": "d", "relabel": "r", "merge": "m", "dedup": "u", "new-identity": "n"}

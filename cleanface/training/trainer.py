@@ -14,17 +14,15 @@ import json
 import math
 import os
 import platform
-import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-import numpy as np
 import torch
 from torch import nn
 
 from cleanface import __version__
-from cleanface._atomic import RunLock, atomic_write_json, is_complete, mark_complete
+from cleanface._atomic import RunLock, atomic_write_json, is_complete, mark_complete, remove_path
 from cleanface.data.cache import DecodeCache
 from cleanface.data.open import open_dataset
 from cleanface.errors import ConfigError, DataError, TrainingError
@@ -36,7 +34,8 @@ from cleanface.training import checkpoint
 from cleanface.training import distributed as ddp
 from cleanface.training.batches import BatchSource, rank_batches
 from cleanface.training.config import RESUMABLE_CHANGES, TrainConfig, config_from
-from cleanface.training.run import LAST, MODEL, write_names
+from cleanface.inference.run import LAST, MODEL
+from cleanface.training.run import write_names
 from cleanface.training.schedule import lr_at
 
 StepHook = Callable[[int], None]
@@ -89,7 +88,8 @@ def train(
     Returns
     -------
     Path
-        ``out``, holding ``model.pt``, ``config.json``, ``metrics.jsonl``, ``report/`` and ``COMPLETE``.
+        ``out``, holding ``model.pt``, ``config.json``, ``metrics.jsonl`` and ``COMPLETE`` (no report:
+        callers render it with :func:`cleanface.report.training.render_training_report`).
     """
     cfg = config_from(head, settings).resolved()
     d = ddp.setup(cfg.device)
@@ -115,10 +115,7 @@ def _prepare_dir(out: Path, *, resume: bool, overwrite: bool) -> None:
     if entries:
         if overwrite:
             for entry in entries:
-                if entry.is_dir() and not entry.is_symlink():
-                    shutil.rmtree(entry)
-                else:
-                    entry.unlink()
+                remove_path(entry)
         elif not resume:
             raise ConfigError(f"run directory {out} is not empty; pass --resume to continue it or --overwrite to start again")
     out.mkdir(parents=True, exist_ok=True)
@@ -332,9 +329,6 @@ class _Trainer:
         if self.cfg.val_pairs:
             summary["eval"] = self._evaluate()
         atomic_write_json(self.out / "train_summary.json", summary)
-        from cleanface.report.training import render_training_report
-
-        render_training_report(self.out)
         mark_complete(self.out, {"steps": step})
         return self.out
 

@@ -16,7 +16,7 @@ from cleanface.data.cache import DecodeCache, cache_key, default_cache_root
 from cleanface.data.folder import read_folder
 from cleanface.data.images import decode_image, to_tensor
 from cleanface.data.torch_dataset import CachedBatches, FaceDataset, make_loader
-from cleanface.errors import ConfigError, DataError, LockError
+from cleanface.errors import ConfigError, DataError
 
 
 @pytest.fixture

@@ -55,7 +55,9 @@ def test_quoted_fields_with_commas_and_newlines(tmp_path):
     assert list(index.paths) == ["a,b.jpg"] and index.names == ["Smith, John\nJr"]
 
 
-def test_path_traversal_and_outside_absolute_paths_are_bad_not_read(tmp_path):
+def test_paths_may_leave_the_manifest_folder_only_to_name_images(tmp_path):
+    # A manifest is the user's own list: "../x.jpg" and absolute paths are read. Only a
+    # row that leaves the folder without naming an image file (/etc/passwd) is refused.
     root = tmp_path / "ds"
     _files(root, ["ok.jpg", "sub/ok2.jpg"])
     _files(tmp_path, ["secret.jpg"])
@@ -69,16 +71,18 @@ def test_path_traversal_and_outside_absolute_paths_are_bad_not_read(tmp_path):
         f"{tmp_path / 'secret.jpg'},b\n"
         f"{root / 'sub' / 'ok2.jpg'},c\n"
         "sub/../ok.jpg,c\n"
-        "x..y/..z,d\n",
+        "x..y/..z,d\n"
+        "notes.txt,d\n",
     )
     index = read_manifest(csv, check_files=False)
-    assert list(index.paths) == ["ok.jpg", str(root / "sub" / "ok2.jpg"), "sub/../ok.jpg", "x..y/..z"]
+    assert list(index.paths) == ["ok.jpg", "../secret.jpg", str(tmp_path / "secret.jpg"), str(root / "sub" / "ok2.jpg"), "sub/../ok.jpg", "x..y/..z", "notes.txt"]
     bad = {b.location: b.reason for b in index.bad_files}
-    assert set(bad) == {"../secret.jpg", "../../etc/passwd", "/etc/passwd", str(tmp_path / "secret.jpg")}
-    assert all("leaves the manifest folder" in r for r in bad.values())
+    assert set(bad) == {"../../etc/passwd", "/etc/passwd"}
+    assert all("leaves the manifest folder" in r and "image file" in r for r in bad.values())
     assert "(line 4)" in bad["../../etc/passwd"]
-    assert index.names == ["a", "c", "d"]
-    assert index.read_bytes(1) == b"img:sub/ok2.jpg"
+    assert index.names == ["a", "b", "c", "d"]
+    assert index.read_bytes(1) == index.read_bytes(2) == b"img:secret.jpg"
+    assert index.read_bytes(3) == b"img:sub/ok2.jpg"
 
 
 def test_missing_files_are_bad_unless_not_checked(tmp_path):
@@ -138,5 +142,77 @@ def test_write_then_read_round_trip(tmp_path):
     back = read_manifest(out)
     assert list(back.paths) == ["data/p/1.jpg", "data/q/2.jpg", "data/q/3.jpg"]
     assert back.names == index.names and back.labels.tolist() == index.labels.tolist()
-    with pytest.raises(DataError, match="outside"):
-        write_manifest(index, tmp_path / "data" / "p" / "m.csv")
+    # a manifest may point outside its folder: those rows are written as absolute paths
+    inner = read_manifest(write_manifest(index, tmp_path / "data" / "p" / "m.csv"))
+    assert list(inner.paths) == ["1.jpg", str(tmp_path / "data" / "q" / "2.jpg"), str(tmp_path / "data" / "q" / "3.jpg")]
+    assert [inner.read_bytes(i) for i in range(3)] == [index.read_bytes(i) for i in range(3)]
+
+
+def _png(seed: int) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def _crawl(tmp_path: Path) -> tuple[Path, list[Path]]:
+    """Images under tmp/crawl (same base names in two folders), listed by absolute path in tmp/lists/m.csv."""
+    images = [tmp_path / "crawl" / d / name for d in ("x1", "x2") for name in ("img.png", "other.png")]
+    for k, path in enumerate(images):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(_png(k))
+    (tmp_path / "lists").mkdir()
+    rows = "".join(f"{p},{'ann' if k % 2 == 0 else '../../bob'}\n" for k, p in enumerate(images))
+    return _write(tmp_path / "lists" / "m.csv", "path,identity\n" + rows), images
+
+
+def test_manifest_with_absolute_paths_elsewhere_is_read_and_written_inside_the_output(tmp_path):
+    from cleanface.data.open import open_dataset, write_dataset
+
+    csv, images = _crawl(tmp_path)
+    index = open_dataset(csv)
+    assert len(index) == 4 and index.bad_files == [] and index.names == ["../../bob", "ann"]
+    assert [index.read_bytes(i) for i in range(4)] == [p.read_bytes() for p in images]
+    before = {p for p in tmp_path.rglob("*")}
+    for fmt in ("folder", "manifest"):
+        out = tmp_path / "out" / fmt
+        write_dataset(index, out, fmt, copy=True)
+        after = {p for p in tmp_path.rglob("*")} - before
+        assert all(p == tmp_path / "out" or (tmp_path / "out") in p.parents for p in after), sorted(after)
+        back = open_dataset(out if fmt == "folder" else out / "manifest.csv")
+        files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+        prefix = "" if fmt == "folder" else "images/"
+        assert f"{prefix}ann/img.png" in files and f"{prefix}ann/img~2.png" in files  # same base names made distinct
+        assert all(not f.startswith("..") for f in files)
+        assert sorted(back.read_bytes(i) for i in range(len(back))) == sorted(p.read_bytes() for p in images)
+        before |= after
+
+
+def test_manifest_root_argument_and_absolute_manifest_written_back(tmp_path):
+    csv, images = _crawl(tmp_path)
+    rel = _write(tmp_path / "lists" / "rel.csv", "path,identity\nx1/img.png,a\nx2/other.png,b\n")
+    index = read_manifest(rel, root=tmp_path / "crawl")
+    assert index.root == str(tmp_path / "crawl") and index.read_bytes(1) == images[3].read_bytes()
+    with pytest.raises(DataError, match="manifest root .* is not a folder"):
+        read_manifest(rel, root=tmp_path / "nowhere")
+    # written beside the list, rows outside its folder stay absolute and read back the same files
+    out = read_manifest(write_manifest(read_manifest(csv), tmp_path / "lists" / "copy.csv"))
+    assert list(out.paths) == [str(p) for p in images]
+
+
+def test_a_file_that_is_not_an_image_is_never_copied_into_an_output(tmp_path):
+    from cleanface.data.open import write_dataset
+
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "a.png").write_bytes(_png(0))
+    (tmp_path / "secret.png").write_bytes(b"-----BEGIN OPENSSH PRIVATE KEY-----\n")
+    csv = _write(tmp_path / "src" / "m.csv", f"path,identity\na.png,ann\n{tmp_path / 'secret.png'},bob\n")
+    index = read_manifest(csv)
+    assert len(index) == 2  # named like an image: indexed, but never written out
+    for fmt in ("folder", "manifest"):
+        with pytest.raises(DataError, match=r"secret\.png is not an image .*not written into"):
+            write_dataset(index, tmp_path / fmt, fmt, copy=True)
+        assert not (tmp_path / fmt).exists()

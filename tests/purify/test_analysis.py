@@ -109,6 +109,33 @@ def test_unit_rows_keeps_float16_and_does_not_copy_unit_rows():
     assert unit_rows(raw).dtype == np.float32  # float64 in, float32 out
 
 
+def test_unit_rows_is_the_one_normaliser_behind_l2_normalize_and_the_faiss_inputs():
+    from cleanface.purify import _faiss
+    from cleanface.purify.analysis import l2_normalize
+
+    rng = np.random.default_rng(4)
+    x = (rng.standard_normal((40, 8)) * 3).astype(np.float16)
+    x[5], x[6, 2], x[7] = np.nan, np.inf, 0.0
+    with np.errstate(invalid="ignore"):
+        direct = x.astype(np.float32) / np.maximum(np.sqrt(np.einsum("ij,ij->i", x.astype(np.float32), x.astype(np.float32))), 1e-12)[:, None]
+        plain = unit_rows(x, dtype=np.float32, tol=0.0, chunk=9)
+    assert plain.dtype == np.float32 and np.isnan(plain[5]).all() and np.isnan(plain[6]).any()
+    np.testing.assert_array_equal(plain, direct)  # bitwise the division, chunk by chunk
+    clean = unit_rows(x, dtype=np.float32, tol=0.0, zero_non_finite=True, chunk=9)
+    assert (clean[5:8] == 0).all() and np.array_equal(np.delete(clean, [5, 6], 0), np.delete(direct, [5, 6], 0))
+    np.testing.assert_array_equal(_faiss._clean(x), clean)
+    assert _faiss._clean(x[:, ::2]).flags.c_contiguous
+    with np.errstate(invalid="ignore"):
+        np.testing.assert_array_equal(l2_normalize(x), plain)
+    exact = np.eye(8, dtype=np.float32)
+    assert unit_rows(exact, tol=0.0) is exact and _faiss._clean(exact) is exact  # already unit: no copy
+    nudged = exact * np.float32(1 + 2 ** -20)
+    assert unit_rows(nudged, tol=0.0) is not nudged and unit_rows(nudged) is nudged  # within the float32 rounding by default
+    bad = exact.copy()
+    bad[3] = np.nan
+    assert (unit_rows(bad, zero_non_finite=True)[3] == 0).all()  # a zeroed row is never returned as it was
+
+
 def test_float16_centers_give_the_float32_cosines():
     rng = np.random.default_rng(6)
     centers = rng.standard_normal((20, 3, 32)).astype(np.float32)

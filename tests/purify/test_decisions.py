@@ -77,6 +77,22 @@ def test_merge_two_identities():
     assert wide.merges == []
 
 
+def test_relabel_skips_a_merge_partner_for_the_next_candidate():
+    # identities 0 and 1 merge (dominant sub-centers 20 deg apart); the last image, labelled 0 and dropped at 49 deg,
+    # lies 29 deg from identity 1 (its own merge group) and 31 deg from identity 2: it goes to identity 2
+    centers = basis_centers(3)
+    centers[1, 0] = toward(0, 3, 20)
+    centers[2, 0] = toward(0, 3, 80)
+    near = lambda v, j: v * 0.99 + 0.1 * axis(FREE + j)  # noqa: E731
+    rows = cluster(0, 6) + [near(toward(0, 3, 20), j) for j in range(5)] + [near(toward(0, 3, 80), j) for j in range(5)] + [toward(0, 3, 49)]
+    labels = np.array([0] * 6 + [1] * 5 + [2] * 5 + [0])
+    d = decide(np.stack(rows), labels, centers, PurifySettings(threshold=45), names=["ann", "bob", "cy"])
+    assert d.merges[0]["identities"] == ["ann", "bob"] and act(d, 16) == "relabel" and d.new_label[16] == 2
+    assert d.best_other[16] == 2 and d.best_other_angle[16] == pytest.approx(31, abs=1e-3)
+    unmerged = decide(np.stack(rows), labels, centers, PurifySettings(threshold=45, merge=False))
+    assert act(unmerged, 16) == "relabel" and unmerged.new_label[16] == 1 and unmerged.best_other[16] == 1
+
+
 def split_case():
     rows = cluster(0, 5) + cluster(1, 4, start=2) + [toward(2, 20, 10)] + cluster(3, 5)
     labels = np.array([0] * 10 + [1] * 5)

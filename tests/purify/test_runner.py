@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import filecmp
 import json
+import sys
 from collections import Counter
 from pathlib import Path
 from types import SimpleNamespace
@@ -81,6 +82,11 @@ def fake_run(tmp_path: Path, monkeypatch) -> SimpleNamespace:
     monkeypatch.setattr(runner, "_load_run", load)
     monkeypatch.setattr(runner, "_embed", embed)
     return calls
+
+
+def sys_module():
+    """This module, whose ``vector_of`` the fake run embeds with (tests replace it)."""
+    return sys.modules[__name__]
 
 
 def read_decisions(out: Path) -> list[dict]:
@@ -196,9 +202,9 @@ def test_interrupted_purify_resumes_without_embedding_and_matches(tmp_path, data
     assert not (resumed / "manifest.csv").exists()  # leftovers of the interrupted attempt are gone
     cmp = filecmp.dircmp(whole, resumed)
     assert sorted(cmp.left_only + cmp.right_only) == []
-    assert (whole / "report" / "index.html").is_file() and (resumed / "report" / "index.html").is_file()
-    # run_info.json and the report name their own output directory; everything else is byte-identical
-    files = [p.relative_to(whole) for p in whole.rglob("*") if p.is_file() and p.name != "run_info.json" and "report" not in p.relative_to(whole).parts]
+    assert not (whole / "report").exists()  # the library renders no report: its callers do
+    # run_info.json names its own output directory; everything else is byte-identical
+    files = [p.relative_to(whole) for p in whole.rglob("*") if p.is_file() and p.name != "run_info.json"]
     assert len(files) > 20
     for rel in files:
         assert (whole / rel).read_bytes() == (resumed / rel).read_bytes(), rel
@@ -223,3 +229,61 @@ def test_cli_purify_and_its_errors(tmp_path, dataset, fake_run):
     assert len(lines) == 1 and "trained on 1 identities" in lines[0]
     help_text = runner_.invoke(cli, ["purify", "--help"]).output
     assert "--keep-outlier-groups" in help_text and "Clean DATA" in help_text
+
+
+def test_every_input_file_gets_a_decision(tmp_path, dataset, fake_run):
+    (dataset / "ann" / "broken.png").write_bytes(b"this is not a png")  # corrupt header
+    (dataset / "bob" / "notes.txt").write_text("not an image")  # unsupported extension
+    (dataset / "cy" / "more").mkdir()
+    Image.new("RGB", (8, 8)).save(dataset / "cy" / "more" / "9.png")  # nested folder
+    assert len(open_dataset(dataset, silent=True).bad_files) >= 3
+    out = purify(fake_run.dir, dataset, tmp_path / "clean", silent=True)
+    rows = read_decisions(out)
+    assert len([r for r in rows if r["index"] != ""]) == len(NAMES) * PER
+    unindexed = {Path(r["location"]).name: r for r in rows if r["index"] == ""}
+    for name in ("broken.png", "notes.txt", "more"):
+        assert name in unindexed, sorted(unindexed)
+        assert unindexed[name]["action"] == "drop" and unindexed[name]["reason"].startswith("not indexed: ")
+    assert "extension" in unindexed["notes.txt"]["reason"] and "nested" in unindexed["more"]["reason"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["bad_files"] == len(unindexed)
+    from cleanface.report.decisions_table import read_decisions as read_table
+
+    assert len(read_table(out / "decisions.csv")) == len(NAMES) * PER  # the report reads samples only
+
+
+def test_a_model_that_did_not_learn_stops_purify_before_anything_is_written(tmp_path, dataset, fake_run, monkeypatch):
+    from cleanface.errors import SanityError
+
+    rng = np.random.default_rng(0)
+    common = rng.normal(size=D)
+    monkeypatch.setattr(sys_module(), "vector_of", lambda path: common + 0.05 * rng.normal(size=D))  # nearly parallel: collapsed
+    with pytest.raises(SanityError, match=r"collapsed.*--no-sanity-check"):
+        purify(fake_run.dir, dataset, tmp_path / "clean", silent=True)
+    assert not (tmp_path / "clean").exists() and not (tmp_path / "clean" / "COMPLETE").exists()
+    forced = purify(fake_run.dir, dataset, tmp_path / "forced", settings=PurifySettings(sanity_check=False), silent=True)
+    assert (forced / "COMPLETE").is_file()
+
+
+def test_a_run_whose_training_accuracy_stayed_at_chance_is_refused(tmp_path, fake_run, monkeypatch):
+    from cleanface.errors import SanityError
+
+    names = [f"id{c:02d}" for c in range(20)]
+    root = tmp_path / "twenty"
+    for c, name in enumerate(names):
+        (root / name).mkdir(parents=True)
+        for j in range(2):
+            Image.new("RGB", (8, 8), (10 * c, 90 * j, 7)).save(root / name / f"{j}.png")
+    (fake_run.dir / "identities.txt").write_text("\n".join(names) + "\n")
+    fake_run.centers = basis_centers(20, k=1, d=24)
+    monkeypatch.setattr(sys_module(), "vector_of", lambda path: toward(names.index(path.split("/")[0]), (names.index(path.split("/")[0]) + 1) % 20, 10))
+    def metrics(accuracies):  # 4 logged steps per epoch
+        rows = [{"step": s + 1, "epoch": (s + 1) / 4, "loss": 10.0, "acc": a} for s, a in enumerate(np.repeat(accuracies, 4))]
+        (fake_run.dir / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+
+    metrics([0.05, 0.21, 0.1, 0.0])  # the reported collapse: 21% at epoch 2, 0% at the end
+    with pytest.raises(SanityError, match=r"rose to 0\.2100 and fell to 0\.0000 in the last epoch, near chance for 20 identities"):
+        purify(fake_run.dir, root, tmp_path / "clean", silent=True)
+    assert not (tmp_path / "clean").exists()
+    metrics([0.05, 0.21, 0.5, 0.9])
+    assert (purify(fake_run.dir, root, tmp_path / "clean", silent=True) / "COMPLETE").is_file()

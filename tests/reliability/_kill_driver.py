@@ -34,7 +34,7 @@ import sys
 
 def install_hooks(log_path: str, kill_at: int, stop_at: int, kill_on: str = "") -> None:
     import cleanface.data.cache as cache_module
-    import cleanface.training.embed as embed_module
+    import cleanface.inference.embed as embed_module
     import cleanface.training.trainer as trainer_module
 
     log = open(log_path, "a", encoding="utf-8")  # noqa: SIM115 (kept open until the process ends)
@@ -88,8 +88,8 @@ def serve() -> None:
     import cleanface.purify.runner  # noqa: F401
     import cleanface.report.purify  # noqa: F401
     import cleanface.report.training  # noqa: F401
-    import cleanface.training.embed  # noqa: F401
-    import cleanface.training.run  # noqa: F401
+    import cleanface.inference.embed  # noqa: F401
+    import cleanface.inference.run  # noqa: F401
     import cleanface.training.trainer  # noqa: F401
     import cleanface_cli.main  # noqa: F401
     import torch._dynamo  # noqa: F401  (the first optimiser imports it: two seconds)

@@ -20,8 +20,8 @@ from PIL import Image
 
 from cleanface.data.open import open_dataset
 from cleanface.training import checkpoint
-from cleanface.training.embed import embed_index
-from cleanface.training.run import load_run
+from cleanface.inference.embed import embed_index
+from cleanface.inference.run import load_run
 from cleanface_cli.main import cli
 from tests.reliability.conftest import TRAIN
 
@@ -121,7 +121,12 @@ def test_training_and_purify_account_for_every_image(hostile, tmp_path):
     assert code == 0, output
     with open(clean / "decisions.csv", newline="", encoding="utf-8", errors="surrogateescape") as handle:
         rows = list(csv.DictReader(handle))
-    assert len(rows) + len(planted) == len(_files_on_disk(root))  # a decision for every indexed image
+    assert len(rows) == len(_files_on_disk(root))  # a decision for every input file, indexed or not
+    unindexed = {Path(r["location"]).name: r for r in rows if r["index"] == ""}
+    assert sorted(unindexed) == sorted(planted)
+    for name, words in planted.items():
+        assert unindexed[name]["action"] == "drop" and unindexed[name]["reason"].startswith("not indexed: ")
+        assert words in unindexed[name]["reason"], (name, unindexed[name]["reason"])
     assert {NON_UTF8, LONG, "solo"} <= {r["old_identity"] for r in rows}
     assert "\ufffd" in (clean / "report" / "index.html").read_text(encoding="utf-8")  # the undecodable bytes, shown
     cut = next(r for r in rows if r["location"].endswith("cut.png"))

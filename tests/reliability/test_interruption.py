@@ -151,6 +151,7 @@ def test_killed_purify_resumes_to_identical_bytes(sub_run, tiny_faces, tmp_path)
     args = ["purify", sub_run, tiny_faces, "--out", out, "--silent", "--format", "manifest"]
     ref = cleanface(args, log=tmp_path / "ref.log")
     assert ref.returncode == 0, ref.output
+    assert ref.events.index("replace clean") < ref.events.index("replace report")  # the report is rendered once the output is complete
     ref_out = tmp_path / "reference"
     out.rename(ref_out)  # the interrupted runs write to the same path, so even the report (which names it) must match
 
@@ -158,7 +159,7 @@ def test_killed_purify_resumes_to_identical_bytes(sub_run, tiny_faces, tmp_path)
         # the output appears in one rename, complete, or not at all
         assert not out.exists(), f"killed at {result.events[-1]!r} yet {out} exists"
 
-    _chain("purify", args, args, ref.events, tmp_path / "logs", check_partial, markers=["replace report", "replace clean"])
+    _chain("purify", args, args, ref.events[: ref.events.index("replace clean") + 1], tmp_path / "logs", check_partial, markers=["replace clean"])
     assert (out / "COMPLETE").is_file()
     ref_files, files = _files(ref_out, skip=("run_info.json",)), _files(out, skip=("run_info.json",))
     assert sorted(files) == sorted(ref_files)
@@ -169,6 +170,19 @@ def test_killed_purify_resumes_to_identical_bytes(sub_run, tiny_faces, tmp_path)
     _no_temporaries(out.parent)
     decisions = np.loadtxt(out / "decisions.csv", delimiter=",", skiprows=1, usecols=0, dtype=int)
     assert sorted(decisions) == list(range(48))  # a decision for every input image
+
+
+def test_purify_killed_while_rendering_its_report_keeps_a_complete_output(sub_run, tiny_faces, tmp_path):
+    out = tmp_path / "clean"
+    args = ["purify", sub_run, tiny_faces, "--out", out, "--silent"]
+    killed = cleanface(args, log=tmp_path / "cut.log", kill_on="replace report")
+    assert killed.killed and (out / "COMPLETE").is_file() and not (out / "report").exists()
+    again = cleanface(args, log=tmp_path / "again.log")  # the same command says what to do, and changes nothing
+    assert again.returncode == 1 and f"cleanface report {out}" in again.output and "Traceback" not in again.output
+    done = cleanface(["report", out, "--silent"], log=tmp_path / "report.log")
+    assert done.returncode == 0, done.output
+    assert (out / "report" / "index.html").is_file()
+    _no_temporaries(out)
 
 
 # -- what a killed writer leaves behind ---------------------------------------------------------------

@@ -10,7 +10,6 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 import numpy as np
-import pytest
 from PIL import Image
 
 COLUMNS = ("index", "location", "old_identity", "new_identity", "action", "reason", "angle", "nearest_subcenter",

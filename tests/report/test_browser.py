@@ -8,7 +8,7 @@ from io import BytesIO
 
 import pytest
 
-from cleanface.report import browser
+from . import browser
 from cleanface.report.purify import render_purify_report
 from cleanface.report.training import render_training_report
 

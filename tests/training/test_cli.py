@@ -19,6 +19,7 @@ def test_train_evaluate_embed(faces, tmp_path):
     sub = runner.invoke(cli, ["train-subcenter", str(faces), "--out", str(tmp_path / "sub"), "--k", "2", *TINY, *cache])
     assert sub.exit_code == 0, sub.output
     assert json.loads((tmp_path / "sub" / "config.json").read_text())["k"] == 2
+    assert (tmp_path / "sub" / "report" / "index.html").is_file()  # rendered by the command, not by train()
     pairs = tmp_path / "pairs.txt"
     make_pairs(faces, pairs, num_pairs=40, seed=0)
     final = runner.invoke(cli, ["train-final", str(faces), "--out", str(tmp_path / "final"), "--loss", "elastic-cos+", "--sigma", "0.02",
@@ -48,3 +49,21 @@ def test_errors_are_one_line(faces, tmp_path):
     assert missing.exit_code == 2
     not_run = runner.invoke(cli, ["evaluate", str(faces), "--pairs", __file__])
     assert not_run.exit_code == 1 and "not a training run" in not_run.output
+
+
+def test_a_failing_report_does_not_fail_a_finished_training(faces, tmp_path, monkeypatch):
+    import cleanface.report.training as training_report
+    from cleanface.errors import DataError
+
+    def broken(run_dir):
+        raise DataError("template missing")
+
+    monkeypatch.setattr(training_report, "render_training_report", broken)
+    runner = CliRunner()
+    result = runner.invoke(cli, ["train-subcenter", str(faces), "--out", str(tmp_path / "run"), "--k", "2", *TINY])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "run" / "COMPLETE").is_file() and (tmp_path / "run" / "model.pt").is_file()
+    assert "report could not be rendered (template missing)" in result.output and "cleanface report" in result.output
+    skipped = runner.invoke(cli, ["train-subcenter", str(faces), "--out", str(tmp_path / "quiet"), "--k", "2", "--no-report", *TINY])
+    assert skipped.exit_code == 0, skipped.output
+    assert (tmp_path / "quiet" / "COMPLETE").is_file() and not (tmp_path / "quiet" / "report").exists()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,8 +14,8 @@ import torch
 
 from cleanface.data.open import open_dataset
 from cleanface.training import checkpoint
-from cleanface.training.embed import embed_index
-from cleanface.training.run import load_run
+from cleanface.inference.embed import embed_index
+from cleanface.inference.run import load_run
 
 
 def _torchrun() -> list[str]:

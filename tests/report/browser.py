@@ -1,4 +1,4 @@
-"""Drive headless Chromium over the DevTools protocol: load a report page, list problems, screenshot.
+"""Test support (also used by benchmarks/report_scale.py): drive headless Chromium over the DevTools protocol: load a report page, list problems, screenshot.
 
 Chromium is started with ``--remote-debugging-pipe``: DevTools messages are
 NUL-terminated JSON on file descriptors 3 (commands) and 4 (replies and events), so

@@ -1,0 +1,410 @@
+"""The purification rules, each a small function over one shared :class:`DecisionState`.
+
+:func:`analyse` builds the state from the arrays; every ``apply_*`` rule then reads
+some of its fields and sets others, as its docstring says (``Reads`` / ``Sets``), and
+:func:`cleanface.purify.decisions.decide` calls them in order:
+analysis, angle drop, merge, split, relabel, outlier groups, dedup, advice.
+The pure helpers the rules use (:func:`drop_by_angle`, :func:`merge_groups`,
+:func:`split_candidates`, :func:`members_by_group`) take and return plain arrays.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from cleanface.purify import _faiss
+from cleanface.purify._memory import release_free_memory
+from cleanface.purify.advice import advise_threshold
+from cleanface.purify.analysis import (
+    IdentityStats,
+    angle_to_dominant,
+    cos_to_degrees,
+    dominant_subcenters,
+    identity_stats,
+    nearest_subcenter,
+    non_dominant,
+    subcenter_votes,
+    unit_rows,
+)
+from cleanface.purify.codes import (
+    DEDUP, DROP, IN_OUTPUT, KEEP, MERGE, NEW_IDENTITY, RELABEL,
+    R_ANGLE, R_CLOSER, R_DUPLICATE, R_MERGED, R_NON_DOMINANT, R_NON_FINITE, R_NONE, R_OUTLIER_GROUP, R_SPLIT,
+)
+from cleanface.purify.naming import unique_name
+from cleanface.purify.neighbours import DUP_NPROBE, SAMPLE_STORAGE, best_other_identity, close_pairs, near_duplicates
+from cleanface.purify.outliers import components, outlier_groups
+from cleanface.purify.settings import PurifySettings
+
+
+@dataclass
+class DecisionState:
+    """What the rules share; per-sample arrays (N,), per-identity arrays (C,).
+
+    Set by :func:`analyse` and only read afterwards: ``embeddings``, ``labels``, ``centers``
+    (normalised), ``names``, ``silent``, ``nearest``, ``cos``, ``finite``,
+    ``dominant_by_identity``, ``angle``, ``not_dominant``, ``votes``, ``counts`` (see
+    :class:`cleanface.purify.decisions.Decisions` for their meaning).
+
+    Written by the rules: ``action``, ``reason`` (codes of :mod:`cleanface.purify.codes`;
+    start KEEP / R_NONE), ``new_label`` (starts as ``labels``), ``out_names`` and ``taken``
+    (output names; new identities are appended), ``merge_to`` (C,: the label each identity
+    merges into, itself when not merged), ``subcenter_index`` / ``subcenter_identities``
+    (the FAISS index over the dominant sub-centers and their labels, from the merge rule
+    to the relabel rule, which frees it), and the results ``merges``, ``splits``,
+    ``best_other``, ``best_other_angle``, ``outlier_group``, ``outlier_groups``,
+    ``outlier_info``, ``duplicate_pairs``, ``duplicate_cos``, ``advice``, ``stats``,
+    ``faiss``.
+    """
+
+    embeddings: np.ndarray
+    labels: np.ndarray
+    centers: np.ndarray
+    names: list[str]
+    silent: bool
+    nearest: np.ndarray
+    cos: np.ndarray
+    finite: np.ndarray
+    dominant_by_identity: np.ndarray
+    angle: np.ndarray
+    not_dominant: np.ndarray
+    votes: np.ndarray
+    counts: np.ndarray
+    action: np.ndarray
+    reason: np.ndarray
+    new_label: np.ndarray
+    out_names: list[str]
+    taken: set[str]
+    merge_to: np.ndarray
+    best_other: np.ndarray
+    best_other_angle: np.ndarray
+    outlier_group: np.ndarray
+    subcenter_index: "_faiss.BuiltIndex | None" = None
+    subcenter_identities: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    merges: list[dict] = field(default_factory=list)
+    splits: list[dict] = field(default_factory=list)
+    outlier_groups: list[dict] = field(default_factory=list)
+    outlier_info: dict = field(default_factory=dict)
+    duplicate_pairs: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.int64))
+    duplicate_cos: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    advice: dict = field(default_factory=dict)
+    stats: IdentityStats | None = None
+    faiss: dict = field(default_factory=dict)
+
+    @property
+    def n(self) -> int:
+        """Number of samples N."""
+        return len(self.labels)
+
+    @property
+    def num_classes(self) -> int:
+        """Number of input identities C."""
+        return self.centers.shape[0]
+
+    def mark(self, rows: np.ndarray, action: int, reason: int, new_label: np.ndarray | int | None = None) -> None:
+        """Give ``rows`` (indices or a bool mask) ``action`` and ``reason`` and, when given, ``new_label``."""
+        self.action[rows], self.reason[rows] = action, reason
+        if new_label is not None:
+            self.new_label[rows] = new_label
+
+    def new_identity(self, base: str) -> int:
+        """Append an output identity named after ``base`` (made unique); return its index into ``out_names``."""
+        self.out_names.append(unique_name(base, self.taken))
+        return len(self.out_names) - 1
+
+    def dropped(self) -> np.ndarray:
+        """Indices of the finite samples whose action is DROP, ascending."""
+        return np.flatnonzero((self.action == DROP) & self.finite)
+
+
+# -- the rules, in the order decide applies them ---------------------------------------------------
+def analyse(
+    embeddings: np.ndarray, labels: np.ndarray, centers: np.ndarray, names: list[str] | None = None, *, silent: bool = True
+) -> DecisionState:
+    """The sub-center analysis (:mod:`cleanface.purify.analysis`) as a fresh state: every image kept.
+
+    Reads the arrays (``centers`` (C, K, D) are normalised without a copy when already
+    unit); sets every field read-only for the rules, ``action = KEEP``, ``reason = R_NONE``,
+    ``new_label = labels``, ``out_names = names`` (``"0" .. "C-1"`` when None),
+    ``merge_to = arange(C)``, ``best_other = outlier_group = -1``, ``best_other_angle = NaN``.
+    A ValueError when ``names`` does not list the C identities.
+    """
+    labels = np.ascontiguousarray(labels, dtype=np.int64)
+    centers = unit_rows(centers)
+    num_classes, k = centers.shape[:2]
+    names = [str(c) for c in range(num_classes)] if names is None else list(names)
+    if len(names) != num_classes:
+        raise ValueError(f"names must list the {num_classes} identities of centers, got {len(names)}")
+    n = len(labels)
+    nearest, cos = nearest_subcenter(embeddings, labels, centers)
+    dominant_by_identity = dominant_subcenters(nearest, labels, num_classes, k)
+    return DecisionState(
+        embeddings=embeddings, labels=labels, centers=centers, names=names, silent=silent, nearest=nearest, cos=cos,
+        finite=nearest >= 0,  # nearest is -1 exactly for the rows holding NaN or inf (one pass over the embeddings, not two)
+        dominant_by_identity=dominant_by_identity, angle=angle_to_dominant(cos, labels, dominant_by_identity),
+        not_dominant=non_dominant(nearest, labels, dominant_by_identity), votes=subcenter_votes(nearest, labels, num_classes, k),
+        counts=np.bincount(labels, minlength=num_classes), action=np.full(n, KEEP, dtype=np.int8),
+        reason=np.full(n, R_NONE, dtype=np.int8), new_label=labels.copy(), out_names=list(names), taken=set(names),
+        merge_to=np.arange(num_classes, dtype=np.int64), best_other=np.full(n, -1, dtype=np.int64),
+        best_other_angle=np.full(n, np.nan, dtype=np.float32), outlier_group=np.full(n, -1, dtype=np.int64),
+    )
+
+
+def apply_angle_drop(state: DecisionState, settings: PurifySettings) -> None:
+    """Drop by angle, by non-dominant sub-center and for non-finite embeddings.
+
+    Reads ``angle``, ``finite``, ``not_dominant``; ``settings.threshold``,
+    ``settings.drop_non_dominant``. Sets ``action = DROP`` with ``reason`` R_ANGLE (angle
+    strictly above the threshold), R_NON_DOMINANT (with ``drop_non_dominant``: nearest
+    sub-center not the dominant one, angle within the threshold) and R_NON_FINITE.
+    """
+    finite = state.finite
+    over = finite & drop_by_angle(state.angle, settings.threshold)
+    state.mark(over, DROP, R_ANGLE)
+    if settings.drop_non_dominant:
+        state.mark(finite & state.not_dominant & ~over, DROP, R_NON_DOMINANT)
+    state.mark(~finite, DROP, R_NON_FINITE)
+
+
+def apply_merge(state: DecisionState, settings: PurifySettings) -> None:
+    """Merge identities whose dominant sub-centers lie closer than ``settings.merge_angle``.
+
+    Reads ``centers``, ``dominant_by_identity``, ``counts``, ``labels``, ``action``;
+    ``settings.merge_angle``, ``merge``, ``exact_below``, ``seed``. Sets
+    ``subcenter_index`` / ``subcenter_identities`` (kept for :func:`apply_relabel`),
+    ``faiss["subcenters"]``, ``merges`` (always reported) and, with ``settings.merge``,
+    ``merge_to`` and the kept images of merged identities: ``action = MERGE``,
+    ``reason = R_MERGED``, ``new_label = merge_to[label]``.
+    """
+    has_dom = np.flatnonzero(state.dominant_by_identity >= 0)
+    state.subcenter_identities = has_dom
+    if not len(has_dom):
+        return
+    dom_vectors = state.centers[has_dom, state.dominant_by_identity[has_dom]]
+    built = _faiss.build_index(dom_vectors, exact_below=settings.exact_below, seed=settings.seed, what="sub-centers")
+    state.subcenter_index = built
+    state.faiss["subcenters"] = built.describe()
+    merge_to, state.merges = merge_groups(dom_vectors, has_dom, state.counts, settings.merge_angle, built)
+    if settings.merge:
+        state.merge_to = merge_to
+        moved = (state.action == KEEP) & (merge_to[state.labels] != state.labels)
+        state.mark(moved, MERGE, R_MERGED, merge_to[state.labels[moved]])
+
+
+def apply_split(state: DecisionState, settings: PurifySettings) -> None:
+    """Report identities with two strong sub-centers far apart and, with ``settings.split``, split them.
+
+    Reads ``votes``, ``centers``, ``cos``, ``nearest``, ``finite``, ``labels``, ``names``;
+    ``settings.split_angle``, ``split_min_share``, ``split``, ``threshold``. Sets
+    ``splits`` and, with ``settings.split``, a new identity ``<name>#2`` per split
+    (``out_names``, ``split["new_identity"]``) holding the identity's images nearest its
+    second sub-center within the threshold of it: ``action = NEW_IDENTITY``,
+    ``reason = R_SPLIT``, whatever the earlier rules decided for them.
+    """
+    state.splits = split_candidates(state.votes, state.centers, settings.split_angle, settings.split_min_share)
+    if not (settings.split and state.splits):
+        return
+    near_angle = cos_to_degrees(state.cos[np.arange(state.n), np.maximum(state.nearest, 0)])
+    for s in state.splits:
+        c, second = s["label"], s["subcenters"][1]
+        new_id = state.new_identity(f"{state.names[c]}#2")
+        s["new_identity"] = state.out_names[new_id]
+        with np.errstate(invalid="ignore"):
+            moved = (state.labels == c) & (state.nearest == second) & state.finite & (near_angle <= settings.threshold)
+        state.mark(moved, NEW_IDENTITY, R_SPLIT, new_id)
+
+
+def apply_relabel(state: DecisionState, settings: PurifySettings) -> None:
+    """Move dropped images that sit near another (output) identity there; free the sub-center index.
+
+    Reads ``action``, ``finite``, ``embeddings``, ``labels``, ``angle``, ``merge_to``,
+    ``subcenter_index``, ``subcenter_identities``; ``settings.relabel``,
+    ``relabel_angle``, ``relabel_margin``. For each finite dropped image, the
+    ``RELABEL_CANDIDATES + 1`` nearest dominant sub-centers are searched and every
+    candidate in the image's own merge group (``merge_to`` equal to its own) skipped; the
+    nearest one left sets ``best_other`` / ``best_other_angle``. With ``settings.relabel``
+    an image whose candidate lies below ``relabel_angle`` and at least ``relabel_margin``
+    nearer than its own dominant sub-center gets ``action = RELABEL``,
+    ``reason = R_CLOSER``, ``new_label = merge_to[candidate]``. Sets
+    ``subcenter_index = None`` at the end.
+    """
+    candidates = state.dropped()
+    if state.subcenter_index is not None and len(candidates):
+        own = state.labels[candidates]
+        label_c, angle_c = best_other_identity(state.embeddings[candidates], own, state.subcenter_identities,
+                                               state.subcenter_index, silent=state.silent, group=state.merge_to)
+        state.best_other[candidates], state.best_other_angle[candidates] = label_c, angle_c
+        if settings.relabel:
+            with np.errstate(invalid="ignore"):
+                ok = (label_c >= 0) & (angle_c < settings.relabel_angle) & (state.angle[candidates] - angle_c >= settings.relabel_margin)
+            state.mark(candidates[ok], RELABEL, R_CLOSER, state.merge_to[label_c[ok]])
+    state.subcenter_index = None  # freed before the sample index is built (2 GB at 1M identities)
+    release_free_memory()
+
+
+def apply_outlier_groups(state: DecisionState, settings: PurifySettings) -> None:
+    """HDBSCAN groups among the images still dropped; with ``settings.keep_outlier_groups`` each becomes an identity.
+
+    Reads ``action``, ``finite``, ``embeddings``, ``labels``, ``names``;
+    ``settings.outlier_min_cluster_size``, ``outlier_cap``, ``seed``,
+    ``keep_outlier_groups``. Sets ``outlier_group`` (group per dropped image, -1 for
+    none), ``outlier_info``, ``outlier_groups`` (size, first indices, top-3 identities per
+    group) and, with ``keep_outlier_groups``, a new identity ``outlier-group-<n>`` per
+    group: ``action = NEW_IDENTITY``, ``reason = R_OUTLIER_GROUP``.
+    """
+    pool = state.dropped()
+    if not len(pool):
+        return
+    local, state.outlier_info = outlier_groups(state.embeddings[pool], min_cluster_size=settings.outlier_min_cluster_size,
+                                               cap=settings.outlier_cap, seed=settings.seed)
+    state.outlier_group[pool] = local
+    for g, positions in members_by_group(local):
+        members = pool[positions]
+        ids, cnt = np.unique(state.labels[members], return_counts=True)
+        top = np.lexsort((ids, -cnt))[:3]
+        entry = {"group": g, "size": int(len(members)), "first_indices": members[:20].tolist(),
+                 "identities": {state.names[int(ids[t])]: int(cnt[t]) for t in top}}
+        if settings.keep_outlier_groups:
+            new_id = state.new_identity(f"outlier-group-{g + 1}")
+            entry["new_identity"] = state.out_names[new_id]
+            state.mark(members, NEW_IDENTITY, R_OUTLIER_GROUP, new_id)
+        state.outlier_groups.append(entry)
+
+
+def apply_dedup(state: DecisionState, settings: PurifySettings) -> None:
+    """Report near-duplicate pairs over all samples; with ``settings.dedup`` keep the first image of each group.
+
+    Reads ``embeddings``, ``finite``, ``action``; ``settings.dup_cos``, ``dedup``,
+    ``exact_below``, ``seed``. Sets ``duplicate_pairs`` / ``duplicate_cos`` (pairs i < j
+    with cosine >= ``dup_cos``, sorted), ``faiss["samples"]`` and, with ``dedup``, for
+    every connected group of duplicates among the images in the output, all but the
+    lowest index: ``action = DEDUP``, ``reason = R_DUPLICATE``.
+    """
+    n = state.n
+    if n >= 2:
+        sample_index = _faiss.build_index(state.embeddings, exact_below=settings.exact_below, nprobe=DUP_NPROBE, seed=settings.seed,
+                                          silent=state.silent, what="samples", storage=SAMPLE_STORAGE)
+        state.faiss["samples"] = sample_index.describe()
+        state.duplicate_pairs, state.duplicate_cos = near_duplicates(state.embeddings, state.finite, settings.dup_cos,
+                                                                     sample_index, silent=state.silent)
+        del sample_index
+        release_free_memory()
+    pairs = state.duplicate_pairs
+    if settings.dedup and len(pairs):
+        inside = np.isin(state.action[pairs[:, 0]], IN_OUTPUT) & np.isin(state.action[pairs[:, 1]], IN_OUTPUT)
+        comp = components(n, pairs[inside, 0], pairs[inside, 1])
+        members = np.unique(pairs[inside].ravel())
+        _, first = np.unique(comp[members], return_index=True)  # members are sorted: first = lowest index
+        state.mark(np.setdiff1d(members, members[first]), DEDUP, R_DUPLICATE)
+
+
+def apply_advice(state: DecisionState, settings: PurifySettings) -> None:
+    """Threshold advice and per-identity statistics, once every action is final.
+
+    Reads ``angle``, ``finite``, ``action``, ``labels``, ``nearest``, ``centers``;
+    ``settings.seed``. Sets ``advice`` (``{"threshold", "mixture"}``, see
+    :func:`cleanface.purify.advice.advise_threshold`), ``new_label = -1`` for the images
+    not in the output, and ``stats`` (:func:`cleanface.purify.analysis.identity_stats`).
+    """
+    advised, mixture = advise_threshold(state.angle[state.finite], seed=settings.seed)
+    state.advice = {"threshold": None if advised is None else round(advised, 4), "mixture": mixture}
+    leaves = ~np.isin(state.action, IN_OUTPUT)
+    state.new_label[leaves] = -1
+    state.stats = identity_stats(state.angle, state.labels, state.nearest, leaves, state.num_classes, state.centers.shape[1])
+
+
+# -- pure helpers ---------------------------------------------------------------------------------
+def drop_by_angle(angle: np.ndarray, threshold: float) -> np.ndarray:
+    """Images whose angle to the dominant sub-center is strictly above ``threshold`` degrees: bool (N,).
+
+    An angle equal to the threshold keeps the image; NaN angles are not dropped here.
+    """
+    with np.errstate(invalid="ignore"):
+        return np.asarray(angle) > threshold
+
+
+def merge_groups(
+    dominant_vectors: np.ndarray, identities: np.ndarray, counts: np.ndarray, merge_angle: float, built: "_faiss.BuiltIndex"
+) -> tuple[np.ndarray, list[dict]]:
+    """Identities whose dominant sub-centers lie closer than ``merge_angle`` degrees, grouped.
+
+    Parameters
+    ----------
+    dominant_vectors : ndarray (M, D)
+        Normalised dominant sub-centers of the M identities that have one.
+    identities : ndarray (M,)
+        Their labels.
+    counts : ndarray (C,)
+        Images per identity (the largest member of a group keeps its name; ties go to
+        the lowest label).
+    built : BuiltIndex
+        Index over ``dominant_vectors``.
+
+    Returns
+    -------
+    merge_to : ndarray (C,), int64
+        The label each identity merges into (itself when not merged).
+    groups : list of dict
+        ``{"labels": [...], "into": label, "min_angle": deg, "max_angle": deg}`` per group.
+    """
+    merge_to = np.arange(len(counts), dtype=np.int64)
+    m = len(identities)
+    if m < 2:
+        return merge_to, []
+    a, b, ang = close_pairs(dominant_vectors, built, merge_angle)
+    comp = components(m, a, b)
+    edge_min = np.full(m, np.inf)
+    edge_max = np.full(m, -np.inf)
+    np.minimum.at(edge_min, comp[a], ang)
+    np.maximum.at(edge_max, comp[a], ang)
+    groups = []
+    for g, members in members_by_group(comp, min_size=2):
+        labels = identities[members]
+        into = int(labels[np.lexsort((labels, -counts[labels]))[0]])
+        merge_to[labels] = into
+        groups.append({"labels": sorted(int(x) for x in labels), "into": into,
+                       "min_angle": round(float(edge_min[g]), 4), "max_angle": round(float(edge_max[g]), 4)})
+    return merge_to, groups
+
+
+def split_candidates(votes: np.ndarray, centers: np.ndarray, split_angle: float, min_share: float) -> list[dict]:
+    """Identities whose two most voted sub-centers each hold ``min_share`` of the votes and lie more than ``split_angle`` apart.
+
+    Parameters
+    ----------
+    votes : ndarray (C, K)
+    centers : ndarray (C, K, D), normalised
+
+    Returns
+    -------
+    list of dict
+        ``{"label", "subcenters": [first, second], "shares": [..], "angle": deg}``; ties in
+        votes go to the lower sub-center index.
+    """
+    if votes.shape[1] < 2:
+        return []
+    total = votes.sum(axis=1)
+    order = np.argsort(-votes, axis=1, kind="stable")
+    first, second = order[:, 0], order[:, 1]
+    rows = np.arange(len(votes))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        s1 = votes[rows, first] / total
+        s2 = votes[rows, second] / total
+    strong = (total > 0) & (s1 >= min_share) & (s2 >= min_share)
+    out = []
+    for c in np.flatnonzero(strong):
+        ang = float(cos_to_degrees(np.dot(centers[c, first[c]].astype(np.float32), centers[c, second[c]].astype(np.float32))))
+        if ang > split_angle:
+            out.append({"label": int(c), "subcenters": [int(first[c]), int(second[c])],
+                        "shares": [round(float(s1[c]), 4), round(float(s2[c]), 4)], "angle": round(ang, 4)})
+    return out
+
+
+def members_by_group(group: np.ndarray, *, min_size: int = 1) -> list[tuple[int, np.ndarray]]:
+    """``(group id, sorted member positions)`` for each group id >= 0 with at least ``min_size`` members, by id (one sort)."""
+    group = np.asarray(group, dtype=np.int64)
+    order = np.argsort(group, kind="stable")
+    ordered = group[order]
+    ids, starts, sizes = np.unique(ordered, return_index=True, return_counts=True)
+    return [(int(g), order[st : st + sz]) for g, st, sz in zip(ids, starts, sizes) if g >= 0 and sz >= min_size]
