@@ -218,7 +218,7 @@ def flags_cleanface(args, rate_dir: Path, noisy: Path, timings: Timings) -> tupl
     out = rate_dir / "purify"
     if not is_complete(out):
         with timings.step(f"{rate_dir.name}/purify"):
-            purify(run, noisy, out, settings=PurifySettings(), truth=noisy / "noise_truth.csv", overwrite=True, silent=True, report=False)
+            purify(run, noisy, out, settings=PurifySettings(), truth=noisy / "noise_truth.csv", overwrite=True, silent=True)
     from cleanface.data.noise import align_truth, read_truth
     from cleanface.data.open import open_dataset
     from cleanface.purify.runner import match_run, read_run_names
@@ -239,7 +239,8 @@ def read_decisions(path: Path, n: int) -> np.ndarray:
         reader = csv.DictReader(handle)
         actions = np.empty(n, dtype=object)
         for row in reader:
-            actions[int(row["index"])] = row["action"]
+            if row["index"]:  # rows without an index are files indexing set aside
+                actions[int(row["index"])] = row["action"]
     return actions.astype(str)
 
 

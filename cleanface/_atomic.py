@@ -145,6 +145,12 @@ def check_output_dir(out: str | os.PathLike, *, overwrite: bool) -> Path:
     return out
 
 
+def staging_path(out: str | os.PathLike) -> Path:
+    """Where :func:`staging_dir` builds ``out``: ``.<name>.partial`` beside it."""
+    out = Path(out)
+    return out.with_name(f".{out.name}.partial")
+
+
 @contextlib.contextmanager
 def staging_dir(out: str | os.PathLike, *, overwrite: bool = False) -> Iterator[Path]:
     """Build a directory under a hidden staging name, then move it to ``out`` when complete.
@@ -154,7 +160,7 @@ def staging_dir(out: str | os.PathLike, *, overwrite: bool = False) -> Iterator[
     body returns without error. An existing ``out`` is replaced only with ``overwrite``.
     """
     out = check_output_dir(out, overwrite=overwrite)
-    stage = out.with_name(f".{out.name}.partial")
+    stage = staging_path(out)
     stage.mkdir(parents=True, exist_ok=True)
     _remove_dead_siblings(out.parent, f".{out.name}{_OLD}")
     yield stage

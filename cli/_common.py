@@ -57,7 +57,7 @@ def render_report_after(directory: Any, render: Callable[..., Any], **kwargs: An
     """
     try:
         return render(directory, **kwargs)
-    except (CleanfaceError, OSError, ValueError) as exc:
+    except Exception as exc:  # noqa: BLE001  (any failure of the report: a template error included)
         err_console.print(f"[yellow]warning:[/] {directory} is complete but its report could not be rendered ({exc}); "
                           f"run `cleanface report {directory}` to try again", soft_wrap=True)
         return None

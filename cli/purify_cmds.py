@@ -75,7 +75,7 @@ def purify_cmd(
     result = purify(run, data, out, settings=settings, fmt=fmt, embeddings=embeddings, truth=truth, overwrite=overwrite,
                     copy=copy, device=device, silent=silent)
     summary = json.loads((result / "summary.json").read_text())
-    report = None if no_report else render_report_after(result, render_purify_report, data=data, silent=silent)
+    report = None if no_report else render_report_after(result, render_purify_report, silent=silent)  # images read by the decisions' locations
     console.print(summary_table(summary))
     console.print(f"wrote {result}", soft_wrap=True)
     if report is not None:

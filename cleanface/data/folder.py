@@ -198,7 +198,7 @@ def _place(src: Path, dst: Path, copy: bool) -> str:
     return "copy"
 
 
-def _place_image(src: Path, dst: Path, copy: bool, out: str | os.PathLike) -> str:
+def place_image(src: Path, dst: Path, copy: bool, out: str | os.PathLike) -> str:
     """:func:`_place` after checking that ``src`` is an image file."""
     try:
         why = not_an_image(src)
@@ -252,7 +252,7 @@ def write_folder(
                     dst.unlink()
                 dst.write_bytes(index.read_bytes(i))
             else:
-                symlinked |= _place_image(index.abspath(i), dst, copy, out) == "symlink"
+                symlinked |= place_image(index.abspath(i), dst, copy, out) == "symlink"
             progress.advance(task)
         if symlinked:
             (stage / LINKS_MARKER).write_text("symlinks in this folder were written by cleanface\n")

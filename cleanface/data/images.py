@@ -159,8 +159,9 @@ def decode_image(data: bytes, *, size: int = 112, crop: int | None = None, where
 
 # -- tensors --------------------------------------------------------------------------
 # -- is this file an image? ---------------------------------------------------------------
-#: Leading bytes of the formats cleanface indexes (JPEG, PNG, BMP, WebP, PBM/PGM/PPM).
-_SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"BM", b"P1", b"P2", b"P3", b"P4", b"P5", b"P6")
+#: Leading bytes that identify an image on their own (JPEG, PNG; WebP is checked beside them). BMP and
+#: PBM/PGM/PPM start with two printable letters that a text file can start with too: their header is parsed.
+_SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n")
 
 
 def check_image_file(path: str | os.PathLike) -> str | None:
@@ -196,8 +197,8 @@ def check_image_file(path: str | os.PathLike) -> str | None:
 def not_an_image(path: str | os.PathLike) -> str | None:
     """Why ``path`` is not an image file, or None: a quick look at its first bytes, else :func:`check_image_file`.
 
-    Costs one small read for the usual formats (JPEG, PNG, BMP, WebP, PBM/PGM/PPM), so it
-    can guard every file a dataset writer places without slowing it down.
+    Costs one small read for the usual formats (JPEG, PNG, WebP), so it can guard every
+    file a dataset writer places without slowing it down; other files have their header parsed.
 
     Raises
     ------
@@ -209,6 +210,23 @@ def not_an_image(path: str | os.PathLike) -> str | None:
     if head.startswith(_SIGNATURES) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP"):
         return None
     return check_image_file(path)
+
+
+def not_image_bytes(data: bytes) -> str | None:
+    """Why ``data`` is not an encoded image, or None: its first bytes, else its header parsed (no pixel decoded)."""
+    if data.startswith(_SIGNATURES) or (data[:4] == b"RIFF" and data[8:12] == b"WEBP"):
+        return None
+    if not data:
+        return "zero bytes"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(io.BytesIO(data)):
+                return None
+    except Image.DecompressionBombError:
+        return f"too many pixels (possible decompression bomb; the limit is {MAX_IMAGE_PIXELS:,})"
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError):
+        return "not an image (PIL cannot identify it)"
 
 
 def to_tensor(arr: np.ndarray) -> "torch.Tensor":

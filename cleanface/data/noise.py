@@ -32,7 +32,6 @@ from __future__ import annotations
 import csv
 import io
 import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +39,8 @@ from typing import Any
 import numpy as np
 
 from cleanface._atomic import atomic_write_json, atomic_write_text, staging_dir
+from cleanface.data._paths import check_not_source
+from cleanface.data.folder import place_image
 from cleanface.data.index import DatasetIndex
 from cleanface.errors import ConfigError, DataError
 from cleanface.progress import make_progress
@@ -107,27 +108,11 @@ def _safe_folders(names: list[str]) -> dict[str, str]:
 
 
 def _place(index: DatasetIndex, i: int, dst: Path, copy: bool) -> bool:
-    """Put sample ``i`` of ``index`` at ``dst``; True when a symlink was made."""
+    """Put sample ``i`` of ``index`` at ``dst`` (an image file is checked first, as every writer does); True when a symlink was made."""
     if index.kind == "rec":
         dst.write_bytes(index.read_bytes(i))
         return False
-    src = index.abspath(i)
-    try:
-        if not copy:
-            try:
-                os.link(src, dst)
-                return False
-            except OSError:
-                pass
-            try:
-                os.symlink(os.path.realpath(src), dst)
-                return True
-            except OSError:
-                pass
-        shutil.copyfile(src, dst)
-    except OSError as exc:
-        raise DataError(f"cannot write {src} to {dst}: {exc.strerror or exc}") from None
-    return False
+    return place_image(index.abspath(i), dst, copy, dst.parent.parent) == "symlink"
 
 
 def _inside(path: Path, root: Path) -> bool:
@@ -256,6 +241,7 @@ def _check_source(src_index: DatasetIndex, dst: str | os.PathLike, merge_identit
     dst = Path(dst)
     if src_index.kind != "rec" and _inside(dst, Path(src_index.root)):
         raise ConfigError(f"the output {dst} lies inside the source dataset {src_index.root}; choose another folder")
+    check_not_source(src_index, dst)  # nor may the output hold the source (an ancestor of its folder, or of a manifest's images)
     c = src_index.num_identities
     if 2 * merge_identities + split_identities > c:
         raise ConfigError(f"{merge_identities} merges and {split_identities} splits need {2 * merge_identities + split_identities} identities; {src_index.root} has {c}")

@@ -33,6 +33,7 @@ from cleanface.data._recordio_codec import (
     read_record,
     unpack_payload,
 )
+from cleanface.data.images import not_image_bytes
 from cleanface.data.index import BadFile, DatasetIndex, register_reader
 from cleanface.data.strings import StringArray
 from cleanface.errors import DataError
@@ -59,6 +60,16 @@ __all__ = [
 REC_NAME = "train.rec"
 IDX_NAME = "train.idx"
 NAME_FILES = ("identities.txt", "names.txt")
+
+
+def _image_bytes(index: DatasetIndex, i: int, out_dir: str | os.PathLike) -> bytes:
+    """The bytes of sample ``i``; a file that is not an image (a manifest may name any path) is refused, not packed."""
+    data = index.read_bytes(i)
+    if index.kind != "rec":
+        why = not_image_bytes(data)
+        if why is not None:
+            raise DataError(f"{index.location(i)} is not an image ({why}); it is not written into {out_dir}")
+    return data
 
 
 def read_record_sample(index: DatasetIndex, i: int) -> bytes:
@@ -313,7 +324,7 @@ def write_rec(index: DatasetIndex, out_dir: str | os.PathLike, *, overwrite: boo
             writer.write(0, pack_record(2, [n + 1, n + 1 + c], 0, 0))
             task = progress.add_task(f"writing {REC_NAME}", total=n)
             for key, i in enumerate(order.tolist(), 1):
-                writer.write(key, pack_record(0, float(index.labels[i]), key, 0, index.read_bytes(i)))
+                writer.write(key, pack_record(0, float(index.labels[i]), key, 0, _image_bytes(index, i, out_dir)))
                 progress.advance(task)
             for label in range(c):
                 writer.write(n + 1 + label, pack_record(2, [starts[label], starts[label + 1]], n + 1 + label, 0))

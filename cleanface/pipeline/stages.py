@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from cleanface._atomic import atomic_write_json
-from cleanface.errors import CleanfaceError, ConfigError
+from cleanface.errors import ConfigError
 from cleanface.pipeline.engine import StageContext, register_stage
 
 TRAIN_KEYS = (
@@ -174,7 +174,7 @@ def _report(directory: Path, render: Any, **kwargs: Any) -> dict[str, Any]:
     """
     try:
         return {"report": str(render(directory, **kwargs))}
-    except (CleanfaceError, OSError, ValueError) as exc:
+    except Exception as exc:  # noqa: BLE001  (any failure of the report: a template error included)
         return {"report": None, "report_error": f"{type(exc).__name__}: {exc}"}
 
 
@@ -215,7 +215,7 @@ def purify_stage(ctx: StageContext) -> dict[str, Any]:
 
     summary = json.loads((out / "summary.json").read_text())
     data = out / {"folder": "data", "manifest": "manifest.csv", "rec": "train.rec"}[s.get("format", "folder")]
-    report = _report(out, render_purify_report, data=ctx.upstream("input", "data"), silent=ctx.silent)
+    report = _report(out, render_purify_report, silent=ctx.silent)  # images read by the decisions' locations: no second indexing
     return {"data": str(data), "summary": str(out / "summary.json"), **report, "images_after": summary.get("images_after")}
 
 

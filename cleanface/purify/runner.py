@@ -30,9 +30,9 @@ from typing import Any
 
 import numpy as np
 
-from cleanface._atomic import RunLock, atomic_write_json, check_output_dir, mark_complete, remove_path, staging_dir
+from cleanface._atomic import RunLock, atomic_write_json, check_output_dir, mark_complete, remove_path, staging_dir, staging_path
 from cleanface.data.index import DatasetIndex
-from cleanface.errors import ConfigError, DataError
+from cleanface.errors import ConfigError, DataError, SanityError
 from cleanface.inference.embed import embed_index
 from cleanface.inference.run import LoadedRun, accuracy_per_epoch, load_run, model_stamp, read_run_names, run_centers
 from cleanface.inference.stored import read_embeddings_file
@@ -45,7 +45,7 @@ from cleanface.purify.outputs import (
     write_npz,
     write_summary,
 )
-from cleanface.purify.sanity import check_result
+from cleanface.purify.sanity import check_decisions, check_embeddings, check_training
 from cleanface.purify.settings import PurifySettings
 
 FORMATS = ("folder", "manifest", "rec")
@@ -185,8 +185,10 @@ def purify(
     (skips embedding). ``truth``: a ``noise_truth.csv`` that adds precision, recall and
     F1 of the flags to the summary. ``copy``: copy image files instead of hard-linking.
 
-    Before anything is written, :func:`cleanface.purify.sanity.check_result` refuses a
-    model that did not learn (``settings.sanity_check`` turns it off). No report is
+    :mod:`cleanface.purify.sanity` refuses a model that did not learn, as early as the
+    evidence allows (the training history before embedding, the embeddings before
+    deciding, the merges before writing), and nothing is left behind
+    (``settings.sanity_check`` turns it off). No report is
     rendered: callers use :func:`cleanface.report.purify.render_purify_report`.
     Returns ``out``.
     """
@@ -198,28 +200,42 @@ def purify(
     with RunLock.beside(out):  # a second purify into the same output is refused while this one runs
         check_output_dir(out, overwrite=overwrite)
         inputs = _read_inputs(run_dir, data, embeddings, truth, device, silent)
-        with staging_dir(out, overwrite=overwrite) as stage:
-            for entry in sorted(os.listdir(stage)):  # leftovers of an interrupted attempt, except the embedding cache
-                if entry != EMBED_DIR:
-                    remove_path(stage / entry)
-            t0 = time.perf_counter()
-            emb, embedded = _stage_embeddings(stage, inputs, run_dir, settings, device, silent)
-            if emb.shape[1] != inputs.centers.shape[2]:
-                raise DataError(f"embeddings are {emb.shape[1]}-d but the sub-centers of run {run_dir} are {inputs.centers.shape[2]}-d")
-            timings = {"embed": round(time.perf_counter() - t0, 3)}
-            decisions = decide(emb, inputs.index.labels, inputs.centers, settings, names=inputs.index.names, silent=silent)
-            check_result(emb, decisions, settings, accuracy_per_epoch(run_dir), len(inputs.index.names))
-            timings.update(decisions.timings)
-            t0 = time.perf_counter()
-            write_outputs(stage, inputs.index, decisions, settings, fmt=fmt, copy=copy, truth=inputs.truth, silent=silent)
-            timings["write"] = round(time.perf_counter() - t0, 3)
-            atomic_write_json(stage / "run_info.json", {
-                "run": str(run_dir), "data": str(data), "out": str(out), "embeddings": embedded if embeddings is None else str(embeddings),
-                "truth": None if truth is None else str(truth), "device": device, "started": started, "finished": time.time(),
-                "seconds": timings, "python": platform.python_version(),
-            })
-            mark_complete(stage, {"images_after": int(decisions.kept.sum())})
+        check_training(settings, accuracy_per_epoch(run_dir), len(inputs.index.names))
+        try:
+            _decide_and_write(run_dir, data, out, inputs, settings, fmt=fmt, embeddings=embeddings, truth=truth, overwrite=overwrite,
+                              copy=copy, device=device, silent=silent, started=started)
+        except SanityError:
+            remove_path(staging_path(out))  # a refused purify writes nothing, not even its embedding cache
+            raise
     return out
+
+
+def _decide_and_write(run_dir: Path, data: str | os.PathLike, out: Path, inputs: _Inputs, settings: PurifySettings, *, fmt: str,
+                      embeddings: str | os.PathLike | None, truth: str | os.PathLike | None, overwrite: bool, copy: bool, device: str,
+                      silent: bool, started: float) -> None:
+    """Embed (or reuse), check, decide, check again and write the output through its staging directory, ``COMPLETE`` last."""
+    with staging_dir(out, overwrite=overwrite) as stage:
+        for entry in sorted(os.listdir(stage)):  # leftovers of an interrupted attempt, except the embedding cache
+            if entry != EMBED_DIR:
+                remove_path(stage / entry)
+        t0 = time.perf_counter()
+        emb, embedded = _stage_embeddings(stage, inputs, run_dir, settings, device, silent)
+        if emb.shape[1] != inputs.centers.shape[2]:
+            raise DataError(f"embeddings are {emb.shape[1]}-d but the sub-centers of run {run_dir} are {inputs.centers.shape[2]}-d")
+        timings = {"embed": round(time.perf_counter() - t0, 3)}
+        check_embeddings(settings, emb)
+        decisions = decide(emb, inputs.index.labels, inputs.centers, settings, names=inputs.index.names, silent=silent)
+        check_decisions(settings, decisions, len(inputs.index.names))
+        timings.update(decisions.timings)
+        t0 = time.perf_counter()
+        write_outputs(stage, inputs.index, decisions, settings, fmt=fmt, copy=copy, truth=inputs.truth, silent=silent)
+        timings["write"] = round(time.perf_counter() - t0, 3)
+        atomic_write_json(stage / "run_info.json", {
+            "run": str(run_dir), "data": str(data), "out": str(out), "embeddings": embedded if embeddings is None else str(embeddings),
+            "truth": None if truth is None else str(truth), "device": device, "started": started, "finished": time.time(),
+            "seconds": timings, "python": platform.python_version(),
+        })
+        mark_complete(stage, {"images_after": int(decisions.kept.sum())})
 
 
 def write_outputs(

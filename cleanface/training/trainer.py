@@ -1,7 +1,7 @@
 """The one trainer behind ``train-subcenter`` and ``train-final``.
 
 :func:`train` fits a backbone and a margin head on a dataset and writes a run directory
-(see :mod:`cleanface.training.run`). It is resumable to the bit on CPU: the data order
+(see :mod:`cleanface.inference.run`). It is resumable to the bit on CPU: the data order
 is a function of ``(seed, epoch)``, the learning rate a function of the step, and every
 checkpoint carries the optimiser and all random generator states, so a run interrupted
 at any point and resumed with ``resume=True`` ends with the weights of an uninterrupted run.

@@ -209,10 +209,14 @@ def test_a_file_that_is_not_an_image_is_never_copied_into_an_output(tmp_path):
     (tmp_path / "src").mkdir()
     (tmp_path / "src" / "a.png").write_bytes(_png(0))
     (tmp_path / "secret.png").write_bytes(b"-----BEGIN OPENSSH PRIVATE KEY-----\n")
+    (tmp_path / "note.bmp").write_bytes(b"BM but only a note\n")  # the leading bytes of a BMP, and nothing else
     csv = _write(tmp_path / "src" / "m.csv", f"path,identity\na.png,ann\n{tmp_path / 'secret.png'},bob\n")
     index = read_manifest(csv)
     assert len(index) == 2  # named like an image: indexed, but never written out
-    for fmt in ("folder", "manifest"):
+    for fmt in ("folder", "manifest", "rec"):
         with pytest.raises(DataError, match=r"secret\.png is not an image .*not written into"):
             write_dataset(index, tmp_path / fmt, fmt, copy=True)
         assert not (tmp_path / fmt).exists()
+    note = read_manifest(_write(tmp_path / "src" / "n.csv", f"path,identity\na.png,ann\n{tmp_path / 'note.bmp'},bob\n"))
+    with pytest.raises(DataError, match=r"note\.bmp is not an image"):
+        write_dataset(note, tmp_path / "note", "folder", copy=True)

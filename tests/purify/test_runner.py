@@ -260,12 +260,12 @@ def test_a_model_that_did_not_learn_stops_purify_before_anything_is_written(tmp_
     monkeypatch.setattr(sys_module(), "vector_of", lambda path: common + 0.05 * rng.normal(size=D))  # nearly parallel: collapsed
     with pytest.raises(SanityError, match=r"collapsed.*--no-sanity-check"):
         purify(fake_run.dir, dataset, tmp_path / "clean", silent=True)
-    assert not (tmp_path / "clean").exists() and not (tmp_path / "clean" / "COMPLETE").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["noisy", "run"])  # nothing written: no output, no staging folder
     forced = purify(fake_run.dir, dataset, tmp_path / "forced", settings=PurifySettings(sanity_check=False), silent=True)
     assert (forced / "COMPLETE").is_file()
 
 
-def test_a_run_whose_training_accuracy_stayed_at_chance_is_refused(tmp_path, fake_run, monkeypatch):
+def test_a_run_whose_training_accuracy_fell_back_to_chance_is_refused_before_embedding(tmp_path, fake_run, monkeypatch):
     from cleanface.errors import SanityError
 
     names = [f"id{c:02d}" for c in range(20)]
@@ -284,6 +284,23 @@ def test_a_run_whose_training_accuracy_stayed_at_chance_is_refused(tmp_path, fak
     metrics([0.05, 0.21, 0.1, 0.0])  # the reported collapse: 21% at epoch 2, 0% at the end
     with pytest.raises(SanityError, match=r"rose to 0\.2100 and fell to 0\.0000 in the last epoch, near chance for 20 identities"):
         purify(fake_run.dir, root, tmp_path / "clean", silent=True)
-    assert not (tmp_path / "clean").exists()
+    assert fake_run.embed == 0  # refused before embedding
+    assert not (tmp_path / "clean").exists() and not (tmp_path / ".clean.partial").exists()
     metrics([0.05, 0.21, 0.5, 0.9])
     assert (purify(fake_run.dir, root, tmp_path / "clean", silent=True) / "COMPLETE").is_file()
+
+
+def test_purify_command_renders_the_report_after_the_output_is_complete(tmp_path, dataset, fake_run):
+    from click.testing import CliRunner
+
+    from cleanface_cli.main import cli
+
+    runner_ = CliRunner()
+    quiet = runner_.invoke(cli, ["purify", str(fake_run.dir), str(dataset), "--out", str(tmp_path / "quiet"), "--no-report", "--silent"])
+    assert quiet.exit_code == 0, quiet.output
+    assert (tmp_path / "quiet" / "COMPLETE").is_file() and not (tmp_path / "quiet" / "report").exists()
+    again = runner_.invoke(cli, ["purify", str(fake_run.dir), str(dataset), "--out", str(tmp_path / "quiet"), "--silent"])
+    assert again.exit_code == 1 and f"cleanface report {tmp_path / 'quiet'}" in again.output  # complete, report missing: says how to finish
+    full = runner_.invoke(cli, ["purify", str(fake_run.dir), str(dataset), "--out", str(tmp_path / "full"), "--silent"])
+    assert full.exit_code == 0, full.output
+    assert (tmp_path / "full" / "report" / "index.html").is_file() and "report:" in full.output

@@ -87,7 +87,9 @@ def test_check_result_raises_the_first_failing_check_unless_switched_off():
     check_result(emb, d, settings, None, 12)
     with pytest.raises(SanityError, match="training accuracy rose to 0.5000 and fell to 0.1000 in the last epoch, near chance for 12 identities"):
         check_result(emb, d, settings, [0.5, 0.1], 12)
-    with pytest.raises(DataError, match="look collapsed"):  # the first check wins
+    with pytest.raises(DataError, match="look collapsed"):
+        check_result(collapsed(), d, settings, [0.5, 0.9], 12)
+    with pytest.raises(SanityError, match="rose to 0.5000"):  # the first check wins: the training, looked at before the embeddings
         check_result(collapsed(), d, settings, [0.5, 0.1], 12)
     d.merges = [merge(4)]
     with pytest.raises(CleanfaceError, match="one merge group joins 4 of the 12"):
