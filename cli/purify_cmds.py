@@ -1,8 +1,15 @@
-"""``cleanface purify``: drop, relabel and merge noisy labels with a trained sub-center run."""
+"""``cleanface purify``: drop, relabel and merge noisy labels with a trained sub-center run, or with embeddings alone.
+
+``cleanface purify RUN DATA --out CLEAN`` takes the sub-centers of the run's head;
+``cleanface purify DATA --embeddings E --out CLEAN`` estimates them by spherical k-means of
+the given embeddings (``--k`` per identity). One positional argument without
+``--embeddings``, or more than two, is a usage error (exit status 2).
+"""
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import click
@@ -16,8 +23,7 @@ _DEFAULTS = PurifySettings()
 
 
 @click.command("purify")
-@click.argument("run", type=click.Path(exists=True, file_okay=False))
-@click.argument("data", type=click.Path(exists=True))
+@click.argument("inputs", nargs=-1, metavar="[RUN] DATA", type=click.Path(exists=True))
 @click.option("--out", "out", type=click.Path(), required=True, help="Output directory for the cleaned dataset and the decisions.")
 @click.option("--threshold", type=click.FloatRange(0, 180), default=_DEFAULTS.threshold, show_default=True,
               help="Drop images more than this many degrees from their identity's dominant sub-center.")
@@ -39,7 +45,14 @@ _DEFAULTS = PurifySettings()
 @click.option("--format", "fmt", type=click.Choice(["folder", "manifest", "rec"]), default="folder", show_default=True,
               help="Format of the cleaned dataset.")
 @click.option("--embeddings", type=click.Path(exists=True), default=None,
-              help="Embeddings of DATA written by the embed step (skips embedding).")
+              help="Embeddings of DATA (skips embedding; required without RUN): a directory written by `cleanface embed`, "
+                   "an .npy (images, dims) with --paths or NAME.paths.txt beside it, or a .csv/.parquet with a 'path' column "
+                   "and an 'embedding' column or one column per dimension.")
+@click.option("--paths", "paths", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Image path of each row of an --embeddings .npy, one per line, relative to DATA's root or absolute "
+                   "(default: NAME.paths.txt beside NAME.npy).")
+@click.option("--k", "k", type=click.IntRange(1, 1024), default=None,
+              help="Without RUN: sub-centers per identity, estimated by spherical k-means of the embeddings (seeded).  [default: 3]")
 @click.option("--truth", type=click.Path(exists=True), default=None,
               help="noise_truth.csv of DATA: adds precision/recall/F1 of the flags to the summary.")
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it is not empty.")
@@ -51,20 +64,26 @@ _DEFAULTS = PurifySettings()
 @silent_option
 @handle_errors
 def purify_cmd(
-    run: str, data: str, out: str, threshold: float, relabel: bool, relabel_angle: float, relabel_margin: float,
+    inputs: tuple[str, ...], out: str, threshold: float, relabel: bool, relabel_angle: float, relabel_margin: float,
     merge: bool, merge_angle: float, split: bool, dedup: bool, drop_non_dominant: bool, keep_outlier_groups: bool,
-    fmt: str, embeddings: str | None, truth: str | None, overwrite: bool, copy: bool, device: str, no_sanity_check: bool,
-    no_report: bool, silent: bool,
+    fmt: str, embeddings: str | None, paths: str | None, k: int | None, truth: str | None, overwrite: bool, copy: bool, device: str,
+    no_sanity_check: bool, no_report: bool, silent: bool,
 ) -> None:
     """Clean DATA with the sub-center model of RUN; write the cleaned dataset and a decision per image to OUT.
+
+    Without RUN (cleanface purify DATA --embeddings E --out OUT) the sub-centers are
+    estimated from the embeddings E of DATA by spherical k-means (--k per identity), e.g.
+    for embeddings of a pretrained model or another tool.
 
     Each image is compared with its identity's dominant sub-center: far ones are dropped,
     or relabelled when they clearly belong to another identity; identities with nearly
     the same dominant sub-center are merged. OUT holds the cleaned dataset, decisions.csv,
     summary.json, analysis.npz and the report (report/index.html).
     """
-    from cleanface.purify.runner import purify
+    from cleanface.purify.runner import DEFAULT_K, purify, purify_from_embeddings
     from cleanface.report.purify import render_purify_report
+
+    run, data = _run_and_data(inputs, embeddings=embeddings, k=k)
 
     _refuse_complete_without_report(out, overwrite=overwrite, no_report=no_report)
     settings = PurifySettings(
@@ -72,14 +91,35 @@ def purify_cmd(
         merge_angle=merge_angle, split=split, dedup=dedup, drop_non_dominant=drop_non_dominant, keep_outlier_groups=keep_outlier_groups,
         sanity_check=not no_sanity_check,
     )
-    result = purify(run, data, out, settings=settings, fmt=fmt, embeddings=embeddings, truth=truth, overwrite=overwrite,
-                    copy=copy, device=device, silent=silent)
+    if run is None:
+        result = purify_from_embeddings(data, embeddings, out, paths=paths, k=DEFAULT_K if k is None else k, settings=settings, fmt=fmt,
+                                        truth=truth, overwrite=overwrite, copy=copy, silent=silent)
+    else:
+        result = purify(run, data, out, settings=settings, fmt=fmt, embeddings=embeddings, paths=paths, truth=truth, overwrite=overwrite,
+                        copy=copy, device=device, silent=silent)
     summary = json.loads((result / "summary.json").read_text())
     report = None if no_report else render_report_after(result, render_purify_report, silent=silent)  # images read by the decisions' locations
     console.print(summary_table(summary))
     console.print(f"wrote {result}", soft_wrap=True)
     if report is not None:
         console.print(f"report: {report}", soft_wrap=True)
+
+
+def _run_and_data(inputs: tuple[str, ...], *, embeddings: str | None, k: int | None) -> tuple[str | None, str]:
+    """RUN (None without one) and DATA from the positional arguments; a usage error (exit status 2) when they do not fit."""
+    if len(inputs) == 2:
+        run, data = inputs
+        if not os.path.isdir(run):
+            raise click.BadParameter(f"{run!r} is not a directory: give a training run directory, or only DATA with --embeddings", param_hint="RUN")
+        if k is not None:
+            raise click.UsageError("--k applies only without RUN: a run's head has its own sub-centers")
+        return run, data
+    if len(inputs) == 1:
+        if embeddings is None:
+            raise click.UsageError("without RUN, purify needs --embeddings E (embeddings of DATA; sub-centers are then estimated from them "
+                                   "by k-means): cleanface purify DATA --embeddings E --out OUT, or cleanface purify RUN DATA --out OUT")
+        return None, inputs[0]
+    raise click.UsageError(f"expected RUN DATA, or DATA --embeddings E; got {len(inputs)} arguments")
 
 
 def _refuse_complete_without_report(out: str, *, overwrite: bool, no_report: bool) -> None:
@@ -97,6 +137,9 @@ def summary_table(summary: dict) -> Table:
     table.add_column("value", justify="right")
     table.add_row("images", f"{summary['images_before']} -> {summary['images_after']}")
     table.add_row("identities", f"{summary['identities_before']} -> {summary['identities_after']}")
+    subcenters = summary.get("subcenters") or {}
+    if subcenters.get("source") == "kmeans":
+        table.add_row("sub-centers", f"k-means of the embeddings (K={subcenters['k']}, seed {subcenters['seed']})")
     for action, count in summary["actions"].items():
         table.add_row(f"  {action}", str(count))
     advised = summary.get("advised_threshold")

@@ -1,4 +1,4 @@
-"""``cleanface train-subcenter``, ``train-final``, ``evaluate`` and ``embed``."""
+"""``cleanface train-subcenter``, ``train-final`` and ``evaluate`` (``embed`` is in embed_cmds.py)."""
 
 from __future__ import annotations
 
@@ -43,6 +43,9 @@ def _training_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--checkpoint-every", type=int, default=0, show_default=True, help="Steps between checkpoints (0: every epoch)."),
         click.option("--val", "val_pairs", type=click.Path(exists=True), default=None, help="Verification pairs (LFW pairs.txt format or insightface .bin) evaluated at the end."),
         click.option("--val-images", type=click.Path(exists=True), default=None, help="Image folder of the --val pairs."),
+        click.option("--init", type=click.Path(exists=True), default=None,
+                     help="Start from pretrained weights: a backbone state dict (.pth/.pt, e.g. an arcface_torch backbone.pth), "
+                          "a cleanface model.pt or run directory; the head then starts at the class means of its embeddings."),
         click.option("--seed", type=int, default=0, show_default=True),
         click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint."),
         click.option("--overwrite", is_flag=True, help="Delete --out and start again."),
@@ -148,36 +151,4 @@ def evaluate_cmd(run: str, pairs: str, images: str | None, device: str, as_json:
     console.print(table)
 
 
-@click.command("embed")
-@click.argument("run", type=click.Path(exists=True))
-@click.argument("data", type=click.Path(exists=True))
-@click.option("--out", required=True, type=click.Path(), help="Folder for embeddings.npy and embeddings.json.")
-@click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True)
-@click.option("--batch-size", type=int, default=256, show_default=True)
-@click.option("--no-flip", is_flag=True, help="Do not fuse the horizontally flipped image.")
-@click.option("--device", default="cpu", show_default=True)
-@silent_option
-@handle_errors
-def embed_cmd(run: str, data: str, out: str, dtype: str, batch_size: int, no_flip: bool, device: str, silent: bool) -> None:
-    """Embed every image of DATA with the model of RUN (resumable; under torchrun each process embeds a shard)."""
-    from cleanface.data.open import open_dataset
-    from cleanface.inference.embed import embed_index, merge_shards
-    from cleanface.inference.run import load_run
-
-    loaded = load_run(run, device=device)
-    index = open_dataset(data)
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    emb = embed_index(loaded.backbone, index, out, size=int(loaded.config["input_size"]), crop=loaded.config.get("crop"), batch_size=batch_size,
-                      dtype=dtype, flip=not no_flip, device=device, silent=silent, shard=world > 1)
-    if world > 1:
-        from cleanface.training.distributed import barrier, setup
-
-        d = setup("cpu")  # gloo: the shards are files, the group only waits for them
-        barrier(d)
-        if not d.main:
-            return
-        emb = merge_shards(out, index, world, dtype=dtype)
-    console.print(f"embedded {len(emb)} images ({emb.shape[1]}-d, {dtype}) into {Path(out) / 'embeddings.npy'}", soft_wrap=True)
-
-
-COMMANDS = [train_subcenter_cmd, train_final_cmd, evaluate_cmd, embed_cmd]
+COMMANDS = [train_subcenter_cmd, train_final_cmd, evaluate_cmd]

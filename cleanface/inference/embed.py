@@ -196,7 +196,14 @@ def _embed_into(backbone: nn.Module, index: DatasetIndex, rows: np.ndarray, meta
 
 
 def weights_stamp(module: nn.Module) -> str:
-    """A short hash of every parameter and buffer of ``module``: which model embeddings on disk came from."""
+    """A short hash of every parameter and buffer of ``module``: which model embeddings on disk came from.
+
+    A module that is not a plain torch model (an ONNX session, :mod:`cleanface.inference.onnx_embed`)
+    names its weights itself with a ``weights_stamp()`` method.
+    """
+    own = getattr(module, "weights_stamp", None)
+    if callable(own):
+        return str(own())
     h = hashlib.sha256()
     for name, tensor in sorted(module.state_dict().items()):
         h.update(name.encode())

@@ -19,7 +19,7 @@ from cleanface.pipeline.engine import StageContext, register_stage
 TRAIN_KEYS = (
     "backbone", "embedding_size", "input_size", "crop", "k", "margin", "scale", "sigma", "epochs",
     "batch_size", "lr", "warmup_epochs", "schedule", "amp", "device", "seed", "workers", "sample_rate",
-    "grad_clip", "checkpoint_every", "channels_last", "compile", "weight_decay",
+    "grad_clip", "checkpoint_every", "channels_last", "compile", "weight_decay", "init",
 )
 
 

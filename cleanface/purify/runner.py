@@ -1,4 +1,4 @@
-"""The purify runner: from a trained sub-center run and its dataset to a cleaned dataset.
+"""The purify runner: from a trained sub-center run (or embeddings alone) and its dataset to a cleaned dataset.
 
 :func:`purify` checks, before any work, that the run and the dataset belong together
 (same identities, no missing files, a matching embeddings file and truth file when
@@ -16,6 +16,15 @@ second purify into the same directory while one runs:
     directory, so an interrupted purify resumes without embedding again;
 ``run_info.json``
     paths, times and stage timings: the only file that differs between two runs.
+
+:func:`purify_from_embeddings` needs no training run: it reads embeddings of the dataset
+from any tool (:func:`cleanface.inference.stored.read_embeddings`: ``cleanface embed``'s
+own, an ``.npy`` with a paths list, a CSV or Parquet table keyed by path), estimates K
+sub-centers per identity from them by spherical k-means (:mod:`cleanface.purify.kmeans`,
+seeded with ``settings.seed``) and then decides and writes exactly as :func:`purify`
+does. ``summary.json`` and ``run_info.json`` record where the sub-centers came from
+(``"subcenters": {"source": "run"}``, or ``{"source": "kmeans", "k", "seed",
+"iterations", "converged"}``); without a run there is no training history to check.
 """
 
 from __future__ import annotations
@@ -26,7 +35,7 @@ import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -35,8 +44,9 @@ from cleanface.data.index import DatasetIndex
 from cleanface.errors import ConfigError, DataError, SanityError
 from cleanface.inference.embed import embed_index
 from cleanface.inference.run import LoadedRun, accuracy_per_epoch, load_run, model_stamp, read_run_names, run_centers
-from cleanface.inference.stored import read_embeddings_file
+from cleanface.inference.stored import read_embeddings, read_embeddings_file
 from cleanface.purify.decisions import Decisions, decide
+from cleanface.purify.kmeans import spherical_kmeans
 from cleanface.purify.outputs import (
     analysis_arrays,
     build_summary,
@@ -52,6 +62,7 @@ FORMATS = ("folder", "manifest", "rec")
 DATASET_ENTRIES = {"folder": ("data",), "manifest": ("manifest.csv", "images"), "rec": ("train.rec", "train.idx", "identities.txt")}
 EMBED_DIR = "embeddings"
 SOURCE_FILE = "source.json"
+DEFAULT_K = 3  # sub-centers per identity estimated without a run (sub-center ArcFace's K)
 
 
 # -- checks done before any work ------------------------------------------------------------------
@@ -115,31 +126,43 @@ def cached_embeddings(stage: Path, index: DatasetIndex, source: dict) -> np.ndar
 # -- the runner ------------------------------------------------------------------------------------------
 @dataclass
 class _Inputs:
-    """What purify checked before any work: the dataset (in the run's label order), the run, its sub-centers."""
+    """What purify checked before any work: the dataset (in the run's label order), the run, its sub-centers.
+
+    Without a run ``loaded`` and ``centers`` are None and ``k`` sub-centers per identity
+    are estimated from ``given`` by k-means.
+    """
 
     opened: DatasetIndex
     index: DatasetIndex
-    loaded: LoadedRun
-    centers: np.ndarray
+    loaded: LoadedRun | None
+    centers: np.ndarray | None
     truth: dict | None
     given: np.ndarray | None
+    k: int = 0
 
 
-def _read_inputs(run_dir: Path, data: str | os.PathLike, embeddings: str | os.PathLike | None, truth: str | os.PathLike | None,
-                 device: str, silent: bool) -> _Inputs:
-    """Open and cross-check the run, the dataset, the truth file and given embeddings; one clear error on the first misfit."""
+def _open_checked(data: str | os.PathLike, truth: str | os.PathLike | None, silent: bool, *, run_names: list[str] | None = None,
+                  run_dir: Path | None = None) -> tuple[DatasetIndex, DatasetIndex, dict | None]:
+    """The dataset as opened, in the run's label order (when there is a run) with its files checked, and the truth rows."""
     from cleanface.data.open import open_dataset
 
-    run_names = read_run_names(run_dir)
     opened = open_dataset(data, silent=silent)
-    index = match_run(opened, run_names, run_dir, data)
+    index = opened if run_names is None else match_run(opened, run_names, run_dir or Path("."), data)
     check_files(index, data)
     truth_rows = None
     if truth is not None:
         from cleanface.data.noise import align_truth, read_truth
 
         truth_rows = align_truth(read_truth(truth), index)
-    given = read_embeddings_file(embeddings, opened) if embeddings is not None else None
+    return opened, index, truth_rows
+
+
+def _read_inputs(run_dir: Path, data: str | os.PathLike, embeddings: str | os.PathLike | None, paths: str | os.PathLike | None,
+                 truth: str | os.PathLike | None, device: str, silent: bool) -> _Inputs:
+    """Open and cross-check the run, the dataset, the truth file and given embeddings; one clear error on the first misfit."""
+    run_names = read_run_names(run_dir)
+    opened, index, truth_rows = _open_checked(data, truth, silent, run_names=run_names, run_dir=run_dir)
+    given = read_embeddings(embeddings, opened, paths=paths) if embeddings is not None else None
     loaded = _load_run(run_dir, device)
     return _Inputs(opened, index, loaded, run_centers(loaded, len(run_names), run_dir), truth_rows, given)
 
@@ -163,13 +186,14 @@ def _stage_embeddings(stage: Path, inputs: _Inputs, run_dir: Path, settings: Pur
 
 
 def purify(
-    run_dir: str | os.PathLike,
+    run_dir: str | os.PathLike | None,
     data: str | os.PathLike,
     out: str | os.PathLike,
     *,
     settings: PurifySettings | None = None,
     fmt: str = "folder",
     embeddings: str | os.PathLike | None = None,
+    paths: str | os.PathLike | None = None,
     truth: str | os.PathLike | None = None,
     overwrite: bool = False,
     copy: bool = False,
@@ -181,9 +205,11 @@ def purify(
     ``run_dir`` is a training run directory, ``data`` the dataset it was trained on (any
     format :func:`open_dataset` reads), ``out`` the output directory (a non-empty one is
     refused unless ``overwrite``), ``fmt`` the format of the cleaned dataset (one of
-    :data:`FORMATS`). ``embeddings``: embeddings of this dataset from ``embed_index``
-    (skips embedding). ``truth``: a ``noise_truth.csv`` that adds precision, recall and
+    :data:`FORMATS`). ``embeddings``: embeddings of this dataset (skips embedding), in any
+    layout :func:`cleanface.inference.stored.read_embeddings` reads, ``paths`` the path list
+    of an ``.npy`` from another tool. ``truth``: a ``noise_truth.csv`` that adds precision, recall and
     F1 of the flags to the summary. ``copy``: copy image files instead of hard-linking.
+    ``run_dir=None`` is :func:`purify_from_embeddings` with its default K (``embeddings`` required).
 
     :mod:`cleanface.purify.sanity` refuses a model that did not learn, as early as the
     evidence allows (the training history before embedding, the embeddings before
@@ -194,45 +220,129 @@ def purify(
     """
     started = time.time()
     settings = settings or PurifySettings()
+    if run_dir is None:
+        if embeddings is None:
+            raise ConfigError("purify without a training run needs embeddings of the dataset (embeddings=, --embeddings)")
+        return purify_from_embeddings(data, embeddings, out, paths=paths, settings=settings, fmt=fmt, truth=truth, overwrite=overwrite,
+                                      copy=copy, silent=silent)
+    run_dir = Path(run_dir)
+    info = _info(run_dir, data, out, embeddings, paths, truth, device)
+
+    def read() -> _Inputs:
+        inputs = _read_inputs(run_dir, data, embeddings, paths, truth, device, silent)
+        check_training(settings, accuracy_per_epoch(run_dir), len(inputs.index.names))
+        return inputs
+
+    def embed(stage: Path, inputs: _Inputs) -> tuple[np.ndarray, str]:
+        return _stage_embeddings(stage, inputs, run_dir, settings, device, silent)
+
+    return _purify_locked(out, read, embed, settings, info, fmt=fmt, overwrite=overwrite, copy=copy, silent=silent, started=started)
+
+
+def purify_from_embeddings(
+    data: str | os.PathLike,
+    embeddings: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    paths: str | os.PathLike | None = None,
+    k: int = DEFAULT_K,
+    settings: PurifySettings | None = None,
+    fmt: str = "folder",
+    truth: str | os.PathLike | None = None,
+    overwrite: bool = False,
+    copy: bool = False,
+    silent: bool = False,
+) -> Path:
+    """Purify ``data`` without a training run: sub-centers from spherical k-means of the given embeddings.
+
+    ``embeddings`` of every image of ``data``, in any layout that
+    :func:`cleanface.inference.stored.read_embeddings` reads (``paths``: the path list of an
+    ``.npy`` from another tool); ``k`` sub-centers per identity are estimated from them by
+    :func:`cleanface.purify.kmeans.spherical_kmeans` seeded with ``settings.seed``. The other
+    arguments, the checks (but the training history, which does not exist here), the rules
+    and the output directory are those of :func:`purify`. Returns ``out``.
+
+    K-means splits even a clean identity among its K sub-centers, so
+    ``settings.drop_non_dominant`` would drop clean images here; the angle, relabel, merge
+    and split rules measure against the dominant sub-center and apply as they are.
+    """
+    started = time.time()
+    settings = settings or PurifySettings()
+    if not 1 <= int(k) <= 1024:
+        raise ConfigError(f"the number of sub-centers k must lie within [1, 1024], got {k!r}")
+    info = _info(None, data, out, embeddings, paths, truth, "cpu")
+
+    def read() -> _Inputs:
+        opened, index, truth_rows = _open_checked(data, truth, silent)
+        return _Inputs(opened, index, None, None, truth_rows, read_embeddings(embeddings, opened, paths=paths), int(k))
+
+    def given(stage: Path, inputs: _Inputs) -> tuple[np.ndarray, str]:
+        remove_path(stage / EMBED_DIR)
+        return inputs.given, "given"
+
+    return _purify_locked(out, read, given, settings, info, fmt=fmt, overwrite=overwrite, copy=copy, silent=silent, started=started)
+
+
+def _info(run_dir: Path | None, data: str | os.PathLike, out: str | os.PathLike, embeddings: str | os.PathLike | None,
+          paths: str | os.PathLike | None, truth: str | os.PathLike | None, device: str) -> dict[str, Any]:
+    """The inputs part of ``run_info.json``."""
+    info = {"run": None if run_dir is None else str(run_dir), "data": str(data), "out": str(out),
+            "embeddings": None if embeddings is None else str(embeddings), "truth": None if truth is None else str(truth), "device": device}
+    if paths is not None:
+        info["paths"] = str(paths)
+    return info
+
+
+def _purify_locked(out: str | os.PathLike, read: Callable[[], _Inputs], embed: Callable[[Path, _Inputs], tuple[np.ndarray, str]],
+                   settings: PurifySettings, info: dict[str, Any], *, fmt: str, overwrite: bool, copy: bool, silent: bool,
+                   started: float) -> Path:
+    """Under the output's lock: refuse a non-empty ``out``, ``read`` the inputs, decide and write; a refused purify writes nothing."""
     if fmt not in FORMATS:
         raise ConfigError(f"unknown output format {fmt!r}; choose one of {', '.join(FORMATS)}")
-    run_dir, out = Path(run_dir), Path(out)
+    out = Path(out)
     with RunLock.beside(out):  # a second purify into the same output is refused while this one runs
         check_output_dir(out, overwrite=overwrite)
-        inputs = _read_inputs(run_dir, data, embeddings, truth, device, silent)
-        check_training(settings, accuracy_per_epoch(run_dir), len(inputs.index.names))
+        inputs = read()
         try:
-            _decide_and_write(run_dir, data, out, inputs, settings, fmt=fmt, embeddings=embeddings, truth=truth, overwrite=overwrite,
-                              copy=copy, device=device, silent=silent, started=started)
+            _decide_and_write(out, inputs, settings, embed, info, fmt=fmt, overwrite=overwrite, copy=copy, silent=silent, started=started)
         except SanityError:
             remove_path(staging_path(out))  # a refused purify writes nothing, not even its embedding cache
             raise
     return out
 
 
-def _decide_and_write(run_dir: Path, data: str | os.PathLike, out: Path, inputs: _Inputs, settings: PurifySettings, *, fmt: str,
-                      embeddings: str | os.PathLike | None, truth: str | os.PathLike | None, overwrite: bool, copy: bool, device: str,
-                      silent: bool, started: float) -> None:
+def _subcenters(inputs: _Inputs, emb: np.ndarray, settings: PurifySettings, timings: dict[str, float]) -> tuple[np.ndarray, dict[str, Any]]:
+    """The run's sub-centers, or k-means ones of ``emb``; and where they came from (for the summary and run_info)."""
+    if inputs.centers is not None:
+        return inputs.centers, {"source": "run"}
+    t0 = time.perf_counter()
+    fit = spherical_kmeans(emb, inputs.index.labels, len(inputs.index.names), k=inputs.k, seed=settings.seed)
+    timings["kmeans"] = round(time.perf_counter() - t0, 3)
+    return fit.centers, {"source": "kmeans", "k": inputs.k, "seed": settings.seed, "iterations": fit.iterations, "converged": fit.converged}
+
+
+def _decide_and_write(out: Path, inputs: _Inputs, settings: PurifySettings, embed: Callable[[Path, _Inputs], tuple[np.ndarray, str]],
+                      info: dict[str, Any], *, fmt: str, overwrite: bool, copy: bool, silent: bool, started: float) -> None:
     """Embed (or reuse), check, decide, check again and write the output through its staging directory, ``COMPLETE`` last."""
     with staging_dir(out, overwrite=overwrite) as stage:
         for entry in sorted(os.listdir(stage)):  # leftovers of an interrupted attempt, except the embedding cache
             if entry != EMBED_DIR:
                 remove_path(stage / entry)
         t0 = time.perf_counter()
-        emb, embedded = _stage_embeddings(stage, inputs, run_dir, settings, device, silent)
-        if emb.shape[1] != inputs.centers.shape[2]:
-            raise DataError(f"embeddings are {emb.shape[1]}-d but the sub-centers of run {run_dir} are {inputs.centers.shape[2]}-d")
+        emb, embedded = embed(stage, inputs)
+        if inputs.centers is not None and emb.shape[1] != inputs.centers.shape[2]:
+            raise DataError(f"embeddings are {emb.shape[1]}-d but the sub-centers of run {info['run']} are {inputs.centers.shape[2]}-d")
         timings = {"embed": round(time.perf_counter() - t0, 3)}
         check_embeddings(settings, emb)
-        decisions = decide(emb, inputs.index.labels, inputs.centers, settings, names=inputs.index.names, silent=silent)
+        centers, subcenters = _subcenters(inputs, emb, settings, timings)
+        decisions = decide(emb, inputs.index.labels, centers, settings, names=inputs.index.names, silent=silent)
         check_decisions(settings, decisions, len(inputs.index.names))
         timings.update(decisions.timings)
         t0 = time.perf_counter()
-        write_outputs(stage, inputs.index, decisions, settings, fmt=fmt, copy=copy, truth=inputs.truth, silent=silent)
+        write_outputs(stage, inputs.index, decisions, settings, fmt=fmt, copy=copy, truth=inputs.truth, silent=silent, subcenters=subcenters)
         timings["write"] = round(time.perf_counter() - t0, 3)
         atomic_write_json(stage / "run_info.json", {
-            "run": str(run_dir), "data": str(data), "out": str(out), "embeddings": embedded if embeddings is None else str(embeddings),
-            "truth": None if truth is None else str(truth), "device": device, "started": started, "finished": time.time(),
+            **info, "embeddings": info["embeddings"] or embedded, "subcenters": subcenters, "started": started, "finished": time.time(),
             "seconds": timings, "python": platform.python_version(),
         })
         mark_complete(stage, {"images_after": int(decisions.kept.sum())})
@@ -240,9 +350,12 @@ def _decide_and_write(run_dir: Path, data: str | os.PathLike, out: Path, inputs:
 
 def write_outputs(
     stage: Path, index: DatasetIndex, decisions: Decisions, settings: PurifySettings, *, fmt: str, copy: bool = False,
-    truth: dict | None = None, silent: bool = True,
+    truth: dict | None = None, silent: bool = True, subcenters: dict | None = None,
 ) -> None:
-    """Write the cleaned dataset, ``decisions.csv``/``.parquet``, ``summary.json`` and ``analysis.npz`` into ``stage``."""
+    """Write the cleaned dataset, ``decisions.csv``/``.parquet``, ``summary.json`` and ``analysis.npz`` into ``stage``.
+
+    ``subcenters``: where the sub-centers came from, added to the summary as ``"subcenters"``.
+    """
     from cleanface.data.open import write_dataset
 
     kept = np.flatnonzero(decisions.kept)
@@ -261,6 +374,9 @@ def write_outputs(
         remove_path(tmp)
     write_decisions_csv(stage / "decisions.csv", index, decisions)
     write_decisions_parquet(stage / "decisions.parquet", index, decisions)
-    write_summary(stage / "summary.json", build_summary(index, decisions, settings, fmt=fmt, truth=truth))
+    summary = build_summary(index, decisions, settings, fmt=fmt, truth=truth)
+    if subcenters is not None:
+        summary["subcenters"] = subcenters
+    write_summary(stage / "summary.json", summary)
     write_npz(stage / "analysis.npz", analysis_arrays(decisions))
 

@@ -7,6 +7,7 @@ same settings there (only the run-time knobs in :data:`RESUMABLE_CHANGES` may di
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,6 +59,11 @@ class TrainConfig:
         Reproducibility, placement and data loading (``cache``: decode-once cache).
     val_pairs, val_images
         Verification pairs evaluated at the end of training (``eval.json``).
+    init : str or None
+        Start from pretrained weights (:mod:`cleanface.training.init`): a backbone state dict
+        (``.pth`` / ``.pt``, the arcface_torch layout), a cleanface ``model.pt`` or run directory.
+        The head's sub-centers then start at the class means of the initial embeddings.
+        A resumed run continues from its checkpoint and does not read it again.
     """
 
     head: str = "subcenter-arcface"
@@ -91,6 +97,7 @@ class TrainConfig:
     cache_dir: str | None = None
     val_pairs: str | None = None
     val_images: str | None = None
+    init: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def resolved(self) -> "TrainConfig":
@@ -131,6 +138,10 @@ class TrainConfig:
             raise ConfigError(f"grad_clip must be positive, or 0 / unset for no clipping, got {c.grad_clip}")
         if c.crop is not None and (isinstance(c.crop, bool) or not isinstance(c.crop, int) or c.crop < 1):
             raise ConfigError(f"crop must be a positive integer or unset, got {c.crop!r}")
+        if c.init is not None:
+            if not isinstance(c.init, (str, os.PathLike)):
+                raise ConfigError(f"init must be a path to a weight file or a run directory, got {c.init!r}")
+            c.init = os.fspath(c.init) or None  # "" (TOML has no null): no init
         if (c.val_pairs is None) != (c.val_images is None) and c.val_pairs is not None and not str(c.val_pairs).endswith(".bin"):
             raise ConfigError("val_pairs in the LFW text format needs val_images (the folder of the pair images)")
         return c

@@ -10,6 +10,7 @@ at any point and resumed with ``resume=True`` ends with the weights of an uninte
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import os
@@ -32,6 +33,7 @@ from cleanface.models import create_backbone
 from cleanface.progress import make_progress
 from cleanface.training import checkpoint
 from cleanface.training import distributed as ddp
+from cleanface.training import init as pretrained
 from cleanface.training.batches import BatchSource, rank_batches
 from cleanface.training.config import RESUMABLE_CHANGES, TrainConfig, config_from
 from cleanface.inference.run import LAST, MODEL
@@ -206,6 +208,7 @@ class _Trainer:
             "global_batch": self.global_batch, "steps_per_epoch": self.steps_per_epoch, "total_steps": self.total_steps,
             "warmup_steps": self.warmup_steps, "optimizer": {"name": "sgd", "lr": cfg.lr, "momentum": cfg.momentum, "weight_decay": cfg.weight_decay, "fused": self.fused},
             "schedule": {"name": cfg.schedule, "power": cfg.power}, "amp": cfg.amp, "cleanface": __version__, "torch": torch.__version__,
+            "init": cfg.init, "init_source": self.init_record,
         }
 
     # -- checkpoints -------------------------------------------------------------------------------
@@ -240,11 +243,38 @@ class _Trainer:
             raise TrainingError(f"the ranks' checkpoints in {self.out / 'checkpoints'} are from different steps ({', '.join(steps)}); use --overwrite")
         return int(state["step"])
 
+    # -- pretrained weights (--init) --------------------------------------------------------------
+    def _init_weights(self) -> dict[str, Any] | None:
+        """Load ``cfg.init`` into the backbone and set the head from its embeddings, on a fresh start only.
+
+        A run resumed from a checkpoint keeps the checkpoint's weights (the file is not read
+        again) and the record its first start wrote in ``config.json``.
+        """
+        cfg, d = self.cfg, self.d
+        if not cfg.init:
+            return None
+        if self.resume and self._ckpt_path().is_file():
+            try:
+                return json.loads((self.out / "config.json").read_text()).get("init_source")
+            except (OSError, ValueError):
+                return None
+        started = time.perf_counter()
+        weights = pretrained.read_init(cfg.init)
+        pretrained.load_backbone(self.backbone, weights, pretrained.describe(cfg.backbone, cfg.embedding_size, cfg.input_size))
+        images = functools.partial(pretrained.read_images, self.index, cache=self.source.cache, size=cfg.input_size, crop=cfg.crop)
+        start = getattr(self.head, "class_start", 0)
+        info = pretrained.init_head(self.local_head, self.backbone, images, self.source.samples, self.index.labels, class_start=start, seed=cfg.seed,
+                                    device=self.device, batch_size=2 * cfg.batch_size, amp_dtype=self.amp_dtype, silent=self.silent)
+        shards = [json.loads(s) for s in ddp.gather_strings(json.dumps(info), d)]
+        info.update({key: sum(s[key] for s in shards) for key in ("classes", "classes_set", "images")})
+        return {**weights.record(), "head": info, "elapsed_s": round(time.perf_counter() - started, 3)}
+
     # -- the loop ----------------------------------------------------------------------------------
     def run(self) -> Path:
         cfg, d = self.cfg, self.d
         self._data()
         self._models()
+        self.init_record = self._init_weights()
         if d.main:
             if self.resume:
                 _check_same_settings(self.out, cfg)

@@ -304,3 +304,18 @@ def test_purify_command_renders_the_report_after_the_output_is_complete(tmp_path
     full = runner_.invoke(cli, ["purify", str(fake_run.dir), str(dataset), "--out", str(tmp_path / "full"), "--silent"])
     assert full.exit_code == 0, full.output
     assert (tmp_path / "full" / "report" / "index.html").is_file() and "report:" in full.output
+
+
+def test_given_embeddings_of_another_tool_are_matched_by_path(tmp_path, dataset, fake_run):
+    computed = purify(fake_run.dir, dataset, tmp_path / "computed", silent=True)
+    paths = list(reversed(open_dataset(dataset).paths.tolist()))
+    with open(tmp_path / "emb.csv", "w", newline="") as handle:
+        w = csv.writer(handle)
+        w.writerow(["path", "embedding"])
+        w.writerows([str(dataset / p), " ".join(f"{v:.9g}" for v in vector_of(p).astype(np.float16))] for p in paths)
+    fake_run.embed = 0
+    given = purify(fake_run.dir, dataset, tmp_path / "given", embeddings=tmp_path / "emb.csv", silent=True)
+    assert fake_run.embed == 0
+    assert (given / "decisions.csv").read_bytes() == (computed / "decisions.csv").read_bytes()
+    assert json.loads((given / "summary.json").read_text())["subcenters"] == {"source": "run"}
+    assert json.loads((given / "run_info.json").read_text())["subcenters"] == {"source": "run"}
