@@ -15,6 +15,7 @@ Nothing cleanface writes ever looks complete when it is not:
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import errno
 import fcntl
 import json
@@ -82,6 +83,15 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     raise TypeError(f"cannot serialise {type(value).__name__} to JSON")
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The SHA-256 of a file's bytes, in hex, read in 1 MB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def remove_path(path: str | os.PathLike) -> None:

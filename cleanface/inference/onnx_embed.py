@@ -14,7 +14,6 @@ metadata of the model itself, and the model's input shape; normalisation default
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import json
 import os
@@ -27,6 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from cleanface._atomic import file_sha256
 from cleanface.errors import ConfigError, DataError
 
 INSTALL_HINT = "pip install 'cleanface[onnx]'"
@@ -46,15 +46,6 @@ def require(*names: str, what: str = "ONNX support") -> list[ModuleType]:
         except ImportError:
             raise ConfigError(f"{what} needs the optional package {name}, which is not installed: {INSTALL_HINT}") from None
     return modules
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """The SHA-256 of a file, in hex."""
-    h = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def card_path(model: str | os.PathLike) -> Path:

@@ -9,7 +9,6 @@ inversion read it through this module.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -21,6 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from cleanface._atomic import file_sha256
 from cleanface.errors import CheckpointError
 from cleanface.inference.weights import load
 from cleanface.losses import create_head
@@ -141,9 +141,5 @@ def model_stamp(run_dir: str | os.PathLike) -> str:
     for name in (MODEL, LAST):
         path = Path(run_dir) / name
         if path.is_file():
-            h = hashlib.sha256()
-            with open(path, "rb") as handle:
-                for block in iter(lambda: handle.read(1 << 20), b""):
-                    h.update(block)
-            return h.hexdigest()[:16]
+            return file_sha256(path)[:16]
     return ""

@@ -25,7 +25,6 @@ means at the random rows' norm (``benchmarks/init_finetune.py``).
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import re
@@ -38,6 +37,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from cleanface._atomic import file_sha256
 from cleanface.errors import CheckpointError
 from cleanface.inference.embed import embed_arrays
 from cleanface.inference.run import LAST, MODEL
@@ -109,7 +109,7 @@ def read_init(path: str | os.PathLike) -> InitWeights:
         listed = ", ".join(sorted(map(str, obj))[:6])
         raise CheckpointError(f"--init {path} holds no backbone weights (no tensors; entries: {listed or 'none'})")
     state, prefix = strip_prefixes(tensors)
-    return InitWeights(str(path), file, kind, state, prefix, config, _sha256(file))
+    return InitWeights(str(path), file, kind, state, prefix, config, file_sha256(file)[:16])
 
 
 def strip_prefixes(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], str]:
@@ -129,14 +129,6 @@ def strip_prefixes(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tens
                 state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
                 removed, changed = removed + prefix, True
     return state, removed
-
-
-def _sha256(file: Path) -> str:
-    h = hashlib.sha256()
-    with open(file, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()[:16]
 
 
 def _shape(t: torch.Tensor) -> str:

@@ -22,7 +22,8 @@ onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
-from cleanface.inference.onnx_embed import file_sha256, load_onnx  # noqa: E402
+from cleanface._atomic import file_sha256  # noqa: E402
+from cleanface.inference.onnx_embed import load_onnx  # noqa: E402
 from cleanface.inference.onnx_export import check_images  # noqa: E402
 
 SIZE = 32
