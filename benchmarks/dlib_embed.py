@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import hashlib
 import io
 import json
 import os
@@ -120,9 +121,29 @@ def decode_rgb(data: bytes) -> np.ndarray:
         return np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
 
 
+def known_descriptors(reuse, meta: dict) -> dict[str, np.ndarray]:
+    """Descriptors already computed, keyed by the SHA-1 of the image bytes: ``reuse`` is a list of (data, embeddings dir)
+    pairs written by :func:`embed_dataset` with the same model, mode and jitter (others are ignored)."""
+    from cleanface.data.open import open_dataset
+
+    known: dict[str, np.ndarray] = {}
+    for data, emb_dir in reuse or []:
+        done = json.loads((Path(emb_dir) / "embeddings.json").read_text())
+        if any(done.get(k) != meta[k] for k in ("model", "mode", "jitter")) or done.get("no_face"):
+            continue
+        index = open_dataset(data, silent=True)
+        emb = np.load(Path(emb_dir) / "embeddings.npy")
+        for i in range(len(index)):
+            if i not in set(done.get("failed", [])):
+                known[hashlib.sha1(index.read_bytes(i)).hexdigest()] = emb[i]
+    return known
+
+
 def embed_dataset(data: str | os.PathLike, out: str | os.PathLike, *, mode: str = "detect", jitter: int = 0, chunk: int = 500,
-                  silent: bool = False) -> dict:
-    """Embed every image of ``data`` (any format :func:`cleanface.data.open.open_dataset` reads) into ``out``; returns the metadata."""
+                  silent: bool = False, reuse=None) -> dict:
+    """Embed every image of ``data`` (any format :func:`cleanface.data.open.open_dataset` reads) into ``out``; returns the metadata.
+
+    Images whose bytes were embedded before (``reuse``: see :func:`known_descriptors`) take the stored descriptor."""
     from cleanface._atomic import atomic_write_json
     from cleanface.data.open import open_dataset
     from cleanface.progress import make_progress
@@ -144,6 +165,7 @@ def embed_dataset(data: str | os.PathLike, out: str | os.PathLike, *, mode: str 
             old.unlink()
     atomic_write_json(key, {**meta, "chunk": chunk})
     embedder = DlibEmbedder(mode, jitter)
+    known, reused = known_descriptors(reuse, meta), 0
     starts = list(range(0, n, chunk))
     t0, worked = time.perf_counter(), 0
     with make_progress(silent=silent, extra="{task.fields[rate]}") as progress:
@@ -157,8 +179,16 @@ def embed_dataset(data: str | os.PathLike, out: str | os.PathLike, *, mode: str 
             emb = np.zeros((stop - s, 128), dtype=np.float32)
             chips, ok, found, failed = [], [], [], []
             for i in range(s, stop):
+                raw = index.read_bytes(i)
+                stored = known.get(hashlib.sha1(raw).hexdigest())
+                if stored is not None:
+                    emb[i - s] = stored
+                    found.append(True)
+                    reused += 1
+                    progress.advance(task, 1)
+                    continue
                 try:
-                    c, f = embedder.chip(decode_rgb(index.read_bytes(i)))
+                    c, f = embedder.chip(decode_rgb(raw))
                 except Exception:  # noqa: BLE001 - an unreadable image is listed, not fatal
                     failed.append(i)
                     found.append(False)
@@ -166,10 +196,13 @@ def embed_dataset(data: str | os.PathLike, out: str | os.PathLike, *, mode: str 
                     chips.append(c)
                     ok.append(i - s)
                     found.append(f)
-                if len(chips) == 32 or (i == stop - 1 and chips):  # descriptors in small batches, to keep the bar moving
+                if len(chips) == 32:  # descriptors in small batches, to keep the bar moving
                     emb[ok] = embedder.descriptors(chips)
                     progress.advance(task, len(chips))
                     chips, ok = [], []
+            if chips:
+                emb[ok] = embedder.descriptors(chips)
+                progress.advance(task, len(chips))
             progress.advance(task, len(failed))
             tmp = path.with_name(path.stem + ".tmp.npz")
             np.savez(tmp, emb=emb, found=np.asarray(found, dtype=bool), failed=np.asarray(failed, dtype=np.int64))
@@ -189,8 +222,8 @@ def embed_dataset(data: str | os.PathLike, out: str | os.PathLike, *, mode: str 
     tmp = out / "embeddings.tmp.npy"
     np.save(tmp, emb)
     os.replace(tmp, out / "embeddings.npy")
-    meta.update({"no_face": no_face if mode == "detect" else [], "failed": failed, "seconds": round(seconds, 1), "images_embedded_now": worked,
-                 "images_per_s": round(worked / seconds, 2) if worked else None, "threads": 1})
+    meta.update({"no_face": no_face if mode == "detect" else [], "failed": failed, "seconds": round(seconds, 1), "images_embedded_now": worked - reused, "images_reused": reused,
+                 "images_per_s": round((worked - reused) / seconds, 2) if worked > reused else None, "threads": 1})
     atomic_write_json(final, meta)  # written last: marks the embeddings complete
     return meta
 

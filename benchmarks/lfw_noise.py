@@ -145,13 +145,15 @@ def build_pool(root: Path, out: Path, quick: bool):
     return pool, outside
 
 
-def noisy_set(pool, outside, rate_dir: Path, rate: float, seed: int, timings: Timings) -> Path:
+def noisy_set(pool, outside, rate_dir: Path, rate: float, seed: int, timings: Timings, open_set: float | None = None) -> Path:
+    """The noisy copy at ``rate``: half close-set, half open-set unless ``open_set`` is given (the rest close-set)."""
     from cleanface.data.noise import inject_noise
 
     dst = rate_dir / "noisy"
+    open_set = rate / 2 if open_set is None else open_set
     if not (dst / "noise.json").is_file():  # inject_noise renames its staging folder into place when done
         with timings.step(f"{rate_dir.name}/inject-noise"):
-            inject_noise(pool, dst, close_set=rate / 2, open_set=rate / 2, outside=outside, merge_identities=1,
+            inject_noise(pool, dst, close_set=rate - open_set, open_set=open_set, outside=outside, merge_identities=1,
                          split_identities=1, seed=seed, overwrite=True)
     return dst
 
@@ -188,7 +190,7 @@ def trained(run: Path, data, timings: Timings, name: str, *, head: str, settings
     return run
 
 
-def embeddings(run: Path, index, out_dir: Path, timings: Timings, name: str) -> tuple[np.ndarray, np.ndarray]:
+def embeddings(run: Path, index, out_dir: Path, timings: Timings, name: str, crop: int | None = 128) -> tuple[np.ndarray, np.ndarray]:
     """Embeddings (N, D) of ``index`` (no flip, as purify embeds by default) and the run's class centres (C, K, D)."""
     from cleanface.purify.analysis import l2_normalize
     from cleanface.inference.embed import embed_index
@@ -199,10 +201,10 @@ def embeddings(run: Path, index, out_dir: Path, timings: Timings, name: str) -> 
         raise SystemExit(f"{run}: identities differ from the dataset's; delete {run} and run again")
     done = (out_dir / "embeddings.json").is_file()
     if done:
-        emb = embed_index(loaded.backbone, index, out_dir, size=64, crop=128, flip=False, silent=True)
+        emb = embed_index(loaded.backbone, index, out_dir, size=64, crop=crop, flip=False, silent=True)
     else:
         with timings.step(name):
-            emb = embed_index(loaded.backbone, index, out_dir, size=64, crop=128, flip=False, silent=True)
+            emb = embed_index(loaded.backbone, index, out_dir, size=64, crop=crop, flip=False, silent=True)
     centers = loaded.head.class_centers().detach().cpu().float().numpy()
     return np.asarray(emb, dtype=np.float32), l2_normalize(centers)
 
@@ -257,7 +259,7 @@ def knn_vote(emb: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
     return other > k / 2
 
 
-def cleanlab_probs(args, rate_dir: Path, index, timings: Timings) -> np.ndarray:
+def cleanlab_probs(args, rate_dir: Path, index, timings: Timings, crop: int | None = 128) -> np.ndarray:
     """Out-of-sample probabilities (N, C) from stratified ``--cv-folds``-fold cross-validation of ArcFace K=1."""
     from scipy.special import softmax
     from sklearn.model_selection import StratifiedKFold
@@ -271,7 +273,7 @@ def cleanlab_probs(args, rate_dir: Path, index, timings: Timings) -> np.ndarray:
     with warnings.catch_warnings():  # a class with fewer images than folds is allowed (it trains in some folds only)
         warnings.simplefilter("ignore", UserWarning)
         splits = list(StratifiedKFold(args.cv_folds, shuffle=True, random_state=0).split(np.zeros(len(index)), index.labels))
-    settings = train_settings(args, 0, epochs=args.cv_epochs)
+    settings = {**train_settings(args, 0, epochs=args.cv_epochs), "crop": crop}
     for f, (tr, te) in enumerate(splits):
         fold = rate_dir / "cv" / f"fold{f}"
         fold.mkdir(parents=True, exist_ok=True)
@@ -279,7 +281,7 @@ def cleanlab_probs(args, rate_dir: Path, index, timings: Timings) -> np.ndarray:
         train_index.save(fold / "train.npz")
         run = trained(fold / "run", fold / "train.npz", timings, f"{rate_dir.name}/cleanlab-fold{f}", head="arcface", settings=settings)
         held = index.subset(te, renumber=False)
-        emb, centers = embeddings(run, held, fold / "emb", timings, f"{rate_dir.name}/cleanlab-fold{f}-embed")
+        emb, centers = embeddings(run, held, fold / "emb", timings, f"{rate_dir.name}/cleanlab-fold{f}-embed", crop=crop)
         probs[te] = softmax(settings["scale"] * (emb @ centers[:, 0, :].T), axis=1)
     np.save(path, probs)
     return probs
@@ -406,7 +408,9 @@ def diagnostics(args, rate: float) -> dict | None:
 
 
 # -- item 2: does cleaning pay? ----------------------------------------------------------------------------
-def accuracy_arm(args, root: Path, arm: str, seed: int, data, timings: Timings) -> dict:
+def accuracy_arm(args, root: Path, arm: str, seed: int, data, timings: Timings, *, pairs: Path | None = None,
+                 images_root: Path | None = None, crop: int | None = 128) -> dict:
+    """ElasticFace-Arc+ on ``data``, verified on ``pairs`` (LFW's pairsDevTest by default) at the given crop."""
     from cleanface.eval.pairs import evaluate
     from cleanface.inference.run import load_run
 
@@ -414,10 +418,11 @@ def accuracy_arm(args, root: Path, arm: str, seed: int, data, timings: Timings) 
     done = read_json(arm_dir / "eval.json")
     if done is not None:
         return done
-    run = trained(arm_dir / "run", data, timings, f"accuracy/{arm}_s{seed}/train", head="elastic-arc+", settings=train_settings(args, seed))
+    settings = {**train_settings(args, seed), "crop": crop}
+    run = trained(arm_dir / "run", data, timings, f"accuracy/{arm}_s{seed}/train", head="elastic-arc+", settings=settings)
     with timings.step(f"accuracy/{arm}_s{seed}/evaluate"):
         loaded = load_run(run)
-        res = evaluate(loaded.backbone, root / "pairsDevTest.txt", images_root=root / "images_deepfunneled", size=64, crop=128)
+        res = evaluate(loaded.backbone, pairs or root / "pairsDevTest.txt", images_root=images_root or root / "images_deepfunneled", size=64, crop=crop)
     from cleanface.data.open import open_dataset
 
     index = open_dataset(data, silent=True)

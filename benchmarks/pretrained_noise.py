@@ -84,15 +84,46 @@ def build(dataset: str, rate: float, seed: int, timings) -> Path:
         if (out / "pool.npz").is_file() and (out / "outside.npz").is_file():
             pool, outside = DatasetIndex.load(out / "pool.npz"), DatasetIndex.load(out / "outside.npz")
         else:
-            everyone = open_dataset(root / "images", silent=True)
-            counts = everyone.counts()
-            pool = everyone.subset(np.flatnonzero(counts[everyone.labels] >= 20))
-            outside = everyone.subset(np.flatnonzero(counts[everyone.labels] < 20))
+            pool, outside, verify = split_celeba(open_dataset(root / "images", silent=True))
             out.mkdir(parents=True, exist_ok=True)
             pool.save(out / "pool.npz")
             outside.save(out / "outside.npz")
+            verification_pairs(verify, out / "verify")
     ln.log(f"{dataset}: pool {pool.num_identities} identities, {len(pool)} images; outside {len(outside)} images")
-    return ln.noisy_set(pool, outside, out / ln.rate_tag(rate), rate, seed, timings)
+    # open-set noise takes half the rate when the outside faces suffice (share s of the output needs s/(1-s) x pool images)
+    fits = 0.9 * len(outside) / (len(pool) + 0.9 * len(outside))
+    return ln.noisy_set(pool, outside, out / ln.rate_tag(rate), rate, seed, timings, open_set=min(rate / 2, round(fits, 2)))
+
+
+def split_celeba(everyone):
+    """CelebA by identity: >= 20 images the pool; the others alternately (sorted by name) open-set noise or verification.
+
+    No identity is in two of the three, so the verification pairs share no person with any training set.
+    """
+    counts = everyone.counts()
+    small = [c for c in np.argsort(everyone.names) if counts[c] < 20]
+    noise_ids, verify_ids = set(small[0::2]), set(small[1::2])
+    pool = everyone.subset(np.flatnonzero(counts[everyone.labels] >= 20))
+    outside = everyone.subset(np.flatnonzero([int(c) in noise_ids for c in everyone.labels]))
+    verify = everyone.subset(np.flatnonzero([int(c) in verify_ids for c in everyone.labels]), renumber=True)
+    return pool, outside, verify
+
+
+def verification_pairs(verify, folder: Path, num_pairs: int = 3000) -> Path:
+    """``folder/images/<id>/<id>_<NNNN>.jpg``, copies of the verification faces, and a 10-fold ``folder/pairs.txt`` over them."""
+    import shutil
+
+    from cleanface.data.synthetic import make_pairs
+
+    images = folder / "images"
+    for i in range(len(verify)):
+        name = verify.names[int(verify.labels[i])]
+        same = np.flatnonzero(verify.labels[: i + 1] == verify.labels[i])
+        copy = images / name / f"{name}_{len(same):04d}.jpg"
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        if not copy.is_file():
+            shutil.copyfile(verify.abspath(i), copy)
+    return make_pairs(images, folder / "pairs.txt", num_pairs=num_pairs, folds=10, seed=0)
 
 
 def own_suffix(epochs: int) -> str:
@@ -144,7 +175,9 @@ def step_dlib(dataset: str, rate: float) -> dict:
 
     rate_dir = OUTS[dataset] / ln.rate_tag(rate)
     mode = "detect" if dataset == "lfw" else "chip"
-    return dlib_embed.embed_dataset(rate_dir / "noisy", rate_dir / "emb_dlib", mode=mode)
+    earlier = [(d / "noisy", d / "emb_dlib") for d in sorted(REPO.glob(f"bench-out/{OUTS[dataset].name}_v*/{rate_dir.name}"))
+               if (d / "emb_dlib" / "embeddings.json").is_file()]  # same images embedded for an earlier protocol
+    return dlib_embed.embed_dataset(rate_dir / "noisy", rate_dir / "emb_dlib", mode=mode, reuse=earlier)
 
 
 # -- the comparison ---------------------------------------------------------------------------------------
@@ -350,11 +383,13 @@ def step_probe_celeba(per_identity: int, identities: int) -> dict:
     return res
 
 
-def step_accuracy(arms: list[str], seeds: list[int], rate: float, epochs: int) -> None:
-    """ElasticFace-Arc+ on each cleaned LFW set, evaluated on pairsDevTest (``lfw_noise.accuracy_arm``, same layout)."""
+def step_accuracy(dataset: str, arms: list[str], seeds: list[int], rate: float, epochs: int) -> None:
+    """ElasticFace-Arc+ on each cleaned set (``lfw_noise.accuracy_arm``, same layout), verified on identities no training
+    set holds: LFW's pairsDevTest, or CelebA's verification half (:func:`split_celeba`)."""
     from cleanface.data.open import open_dataset
 
-    out = OUTS["lfw"]
+    out = OUTS[dataset]
+    where = {"crop": 128} if dataset == "lfw" else {"crop": None, "pairs": out / "verify" / "pairs.txt", "images_root": out / "verify" / "images"}
     rate_dir = out / ln.rate_tag(rate)
     args = argparse.Namespace(out=str(out), epochs=epochs)
     timings = ln.Timings(out / "timings_pretrained_accuracy.json")
@@ -375,7 +410,7 @@ def step_accuracy(arms: list[str], seeds: list[int], rate: float, epochs: int) -
                 if not data.is_file():
                     index = open_dataset(rate_dir / "noisy", silent=True)
                     index.subset(np.flatnonzero(~named[choice[arm]]), renumber=True).save(data)
-            ln.accuracy_arm(args, DATA["lfw"], arm, seed, data, timings)
+            ln.accuracy_arm(args, DATA[dataset], arm, seed, data, timings, **where)
 
 
 def step_render() -> str:
@@ -402,19 +437,22 @@ def step_render() -> str:
         md.append(f"**CelebA chips, chip vs detect** ({probe['images']} clean-pool images, {probe['identities']} identities): " + "; ".join(
             f"{m}: detected {probe[m]['detected']}, 1-NN identification {probe[m]['nn_identification']:.3f}, same/diff median angle "
             f"{probe[m]['same_angle_median']}/{probe[m]['diff_angle_median']}°, {probe[m]['images_per_s']} img/s" for m in ("chip", "detect")) + "\n")
-    runs = {}
-    for path in sorted((OUTS["lfw"] / "accuracy").glob("*_s*/eval.json")):
-        d = ln.read_json(path)
-        if d:
-            runs.setdefault(d["arm"], []).append((d["seed"], d["accuracy"], d["images"]))
-    if runs:
-        md.append("**LFW pairsDevTest accuracy** (ElasticFace-Arc+, compact, 6 epochs), per training set: seeds, mean ± std (ddof 1)\n")
-        md.append("| Training set | Images | Seeds | Accuracies | Mean ± std |")
-        md.append("|---|---:|---:|---|---:|")
+    for dataset, what in (("lfw", "LFW pairsDevTest"), ("celeba", "CelebA verification half (identities in no training set)")):
+        runs = {}
+        for path in sorted((OUTS[dataset] / "accuracy").glob("*_s*/eval.json")):
+            d = ln.read_json(path)
+            if d:
+                runs.setdefault(d["arm"], []).append((d["seed"], d["accuracy"], d["images"]))
+        if not runs:
+            continue
+        md.append(f"**{what} accuracy** (ElasticFace-Arc+, compact), per training set: seeds, mean ± std (ddof 1), standard error\n")
+        md.append("| Training set | Images | Seeds | Accuracies | Mean ± std | SE |")
+        md.append("|---|---:|---:|---|---:|---:|")
         for arm, v in runs.items():
             acc = [a for _, a, _ in sorted(v)]
-            std = f"{np.std(acc, ddof=1):.4f}" if len(acc) > 1 else "–"
-            md.append(f"| {arm} | {v[0][2]:,} | {len(acc)} | " + ", ".join(f"{a:.4f}" for a in acc) + f" | {np.mean(acc):.4f} ± {std} |")
+            std = np.std(acc, ddof=1) if len(acc) > 1 else float("nan")
+            md.append(f"| {arm} | {v[0][2]:,} | {len(acc)} | " + ", ".join(f"{a:.4f}" for a in acc) +
+                      f" | {np.mean(acc):.4f} ± {std:.4f} | {std / np.sqrt(len(acc)):.4f} |")
     text = "\n".join(md) + "\n"
     (REPO / "bench-out" / "pretrained_noise.md").write_text(text)
     return text
@@ -447,7 +485,7 @@ def main() -> None:
     elif args.step == "probe":
         step_probe_celeba(10, 20)
     elif args.step == "accuracy":
-        step_accuracy(args.arms.split(","), [int(x) for x in args.seeds.split(",")], args.rate, args.epochs)
+        step_accuracy(args.dataset, args.arms.split(","), [int(x) for x in args.seeds.split(",")], args.rate, args.epochs)
     elif args.step == "compare":
         step_compare(args.dataset, args.rate, args.lfw_threshold)
     ln.log(f"{args.step} {args.dataset}: {time.perf_counter() - t0:.0f} s")

@@ -16,7 +16,7 @@ import click
 from rich.table import Table
 
 from cleanface._atomic import is_complete
-from cleanface.purify.settings import PurifySettings
+from cleanface.purify.settings import DROP_RULES, PurifySettings
 from cleanface_cli._common import console, handle_errors, no_report_option, render_report_after, silent_option
 
 _DEFAULTS = PurifySettings()
@@ -25,8 +25,18 @@ _DEFAULTS = PurifySettings()
 @click.command("purify")
 @click.argument("inputs", nargs=-1, metavar="[RUN] DATA", type=click.Path(exists=True))
 @click.option("--out", "out", type=click.Path(), required=True, help="Output directory for the cleaned dataset and the decisions.")
+@click.option("--drop-rule", type=click.Choice(DROP_RULES), default=_DEFAULTS.drop_rule, show_default=True,
+              help="calibrated: drop images whose angle to the mean of their identity's other images is more typical of a wrong "
+                   "label than of their own (threshold found from the data); angle: drop above --threshold degrees from the "
+                   "dominant sub-center.")
+@click.option("--noise-cut", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=_DEFAULTS.noise_cut, show_default=True,
+              help="calibrated rule: drop images whose estimated probability of a wrong label is at least this.")
+@click.option("--rounds", type=click.IntRange(1, 5), default=1, show_default=True,
+              help="With RUN: after each round, train a new model (RUN's settings) on the images it kept and score the whole "
+                   "input again; the rounds are kept in OUT/rounds.")
 @click.option("--threshold", type=click.FloatRange(0, 180), default=_DEFAULTS.threshold, show_default=True,
-              help="Drop images more than this many degrees from their identity's dominant sub-center.")
+              help="angle rule (and the fallback of the calibrated one): drop images more than this many degrees from their "
+                   "identity's dominant sub-center.")
 @click.option("--relabel/--no-relabel", default=_DEFAULTS.relabel, show_default=True,
               help="Move a dropped image to another identity whose dominant sub-center is much closer.")
 @click.option("--relabel-angle", type=click.FloatRange(0, 180), default=_DEFAULTS.relabel_angle, show_default=True,
@@ -64,7 +74,7 @@ _DEFAULTS = PurifySettings()
 @silent_option
 @handle_errors
 def purify_cmd(
-    inputs: tuple[str, ...], out: str, threshold: float, relabel: bool, relabel_angle: float, relabel_margin: float,
+    inputs: tuple[str, ...], out: str, drop_rule: str, noise_cut: float, rounds: int, threshold: float, relabel: bool, relabel_angle: float, relabel_margin: float,
     merge: bool, merge_angle: float, split: bool, dedup: bool, drop_non_dominant: bool, keep_outlier_groups: bool,
     fmt: str, embeddings: str | None, paths: str | None, k: int | None, truth: str | None, overwrite: bool, copy: bool, device: str,
     no_sanity_check: bool, no_report: bool, silent: bool,
@@ -75,9 +85,10 @@ def purify_cmd(
     estimated from the embeddings E of DATA by spherical k-means (--k per identity), e.g.
     for embeddings of a pretrained model or another tool.
 
-    Each image is compared with its identity's dominant sub-center: far ones are dropped,
-    or relabelled when they clearly belong to another identity; identities with nearly
-    the same dominant sub-center are merged. OUT holds the cleaned dataset, decisions.csv,
+    Each image is compared with the mean of its identity's other images; those more
+    likely mislabelled than not (a threshold calibrated on the data) are dropped, or
+    relabelled when they clearly belong to another identity; identities with nearly the
+    same dominant sub-center are merged. OUT holds the cleaned dataset, decisions.csv,
     summary.json, analysis.npz and the report (report/index.html).
     """
     from cleanface.purify.runner import DEFAULT_K, purify, purify_from_embeddings
@@ -87,11 +98,18 @@ def purify_cmd(
 
     _refuse_complete_without_report(out, overwrite=overwrite, no_report=no_report)
     settings = PurifySettings(
-        threshold=threshold, relabel=relabel, relabel_angle=relabel_angle, relabel_margin=relabel_margin, merge=merge,
+        drop_rule=drop_rule, noise_cut=noise_cut, threshold=threshold, relabel=relabel, relabel_angle=relabel_angle, relabel_margin=relabel_margin, merge=merge,
         merge_angle=merge_angle, split=split, dedup=dedup, drop_non_dominant=drop_non_dominant, keep_outlier_groups=keep_outlier_groups,
         sanity_check=not no_sanity_check,
     )
-    if run is None:
+    if rounds > 1:
+        if run is None or embeddings is not None:
+            raise click.UsageError("--rounds needs a training run RUN to re-train, and embeds with each round's model (no --embeddings)")
+        from cleanface.pipeline.rounds import purify_in_rounds
+
+        result = purify_in_rounds(run, data, out, rounds=rounds, settings=settings, fmt=fmt, truth=truth, overwrite=overwrite, copy=copy,
+                                  device=device, silent=silent)
+    elif run is None:
         result = purify_from_embeddings(data, embeddings, out, paths=paths, k=DEFAULT_K if k is None else k, settings=settings, fmt=fmt,
                                         truth=truth, overwrite=overwrite, copy=copy, silent=silent)
     else:
@@ -142,8 +160,14 @@ def summary_table(summary: dict) -> Table:
         table.add_row("sub-centers", f"k-means of the embeddings (K={subcenters['k']}, seed {subcenters['seed']})")
     for action, count in summary["actions"].items():
         table.add_row(f"  {action}", str(count))
-    advised = summary.get("advised_threshold")
-    table.add_row("threshold (advised)", f"{summary['threshold']:g} ({'n/a' if advised is None else f'{advised:.1f}'})")
+    calibration = summary.get("calibration") or {}
+    if calibration.get("used"):
+        cut = calibration["threshold"]
+        table.add_row("drop threshold (calibrated)", f"{'none reached' if cut is None else f'{cut:.1f}°'} to the other images' mean, "
+                      f"estimated noise {calibration['noise_rate']:.1%}")
+    else:
+        advised = summary.get("advised_threshold")
+        table.add_row("threshold (advised)", f"{summary['threshold']:g} ({'n/a' if advised is None else f'{advised:.1f}'})")
     table.add_row("merge groups / splits", f"{len(summary['merges'])} / {len(summary['splits'])}")
     table.add_row("duplicate pairs / outlier groups", f"{summary['duplicate_pairs']} / {len(summary['outlier_groups'])}")
     if summary.get("non_finite"):

@@ -191,7 +191,7 @@ def train_final_stage(ctx: StageContext) -> dict[str, Any]:
 
 
 PURIFY_KEYS = (
-    "threshold", "relabel", "relabel_angle", "relabel_margin", "merge", "merge_angle", "split", "split_angle",
+    "drop_rule", "noise_cut", "threshold", "relabel", "relabel_angle", "relabel_margin", "merge", "merge_angle", "split", "split_angle",
     "split_min_share", "dedup", "dup_cos", "drop_non_dominant", "keep_outlier_groups", "sanity_check",
 )
 
@@ -199,17 +199,17 @@ PURIFY_KEYS = (
 @register_stage("purify", refs=("input", "run", "truth"))
 def purify_stage(ctx: StageContext) -> dict[str, Any]:
     """Embed, decide and write the cleaned dataset with a decision for every image."""
-    from cleanface.purify.runner import purify
+    from cleanface.pipeline.rounds import purify_in_rounds
     from cleanface.purify.settings import PurifySettings
 
     s = ctx.settings
-    _unknown(ctx, ("input", "run", "truth", "format", "device", *PURIFY_KEYS))
+    _unknown(ctx, ("input", "run", "truth", "format", "device", "rounds", *PURIFY_KEYS))
     settings = PurifySettings(**_pick(s, PURIFY_KEYS))
     truth = ctx.upstream("truth", "truth") if "truth" in s else None
     out = ctx.dir / "clean"
-    purify(
-        ctx.upstream("run", "run"), ctx.upstream("input", "data"), out, settings=settings, fmt=s.get("format", "folder"),
-        truth=truth, overwrite=True, device=s.get("device", "cpu"), silent=ctx.silent,
+    purify_in_rounds(
+        ctx.upstream("run", "run"), ctx.upstream("input", "data"), out, rounds=int(s.get("rounds", 1)), settings=settings,
+        fmt=s.get("format", "folder"), truth=truth, overwrite=True, device=s.get("device", "cpu"), silent=ctx.silent,
     )
     from cleanface.report.purify import render_purify_report
 

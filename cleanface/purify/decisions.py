@@ -6,8 +6,11 @@ sample plus per-identity and per-group results. Rules apply in this order, each 
 what the previous ones left (defaults in :mod:`cleanface.purify.settings`):
 
 1. **non-finite**: a NaN/inf embedding is dropped (reason ``non-finite embedding``);
-2. **drop**: angle to the own dominant sub-center strictly above ``threshold``
-   (optionally also: nearest sub-center not the dominant one);
+2. **drop**: by default the angle to the mean of the other images of the identity strictly
+   above the threshold calibrated on impostor angles (:mod:`cleanface.purify.calibration`;
+   the image's ``noise_score`` reaches ``noise_cut``); with ``drop_rule="angle"`` the
+   angle to the own dominant sub-center strictly above ``threshold`` (either way,
+   optionally also: nearest sub-center not the dominant one);
 3. **merge**: identities whose dominant sub-centers lie closer than ``merge_angle``
    (FAISS kNN over the dominant sub-centers, connected components); the largest member
    keeps its name, the kept images of the others get ``merge``;
@@ -39,7 +42,7 @@ from cleanface.purify.analysis import IdentityStats
 from cleanface.purify.clock import StageClock
 from cleanface.purify.codes import (  # noqa: F401  (re-exported: the codes have always been importable from here)
     ACTIONS, DEDUP, DROP, IN_OUTPUT, KEEP, MERGE, NEW_IDENTITY, RELABEL, REASONS,
-    R_ANGLE, R_CLOSER, R_DUPLICATE, R_MERGED, R_NONE, R_NON_DOMINANT, R_NON_FINITE, R_OUTLIER_GROUP, R_SPLIT,
+    R_ANGLE, R_CLOSER, R_DUPLICATE, R_MERGED, R_NOISE_SCORE, R_NONE, R_NON_DOMINANT, R_NON_FINITE, R_OUTLIER_GROUP, R_SPLIT,
 )
 from cleanface.purify.naming import unique_name
 from cleanface.purify.neighbours import (  # noqa: F401  (re-exported)
@@ -47,7 +50,7 @@ from cleanface.purify.neighbours import (  # noqa: F401  (re-exported)
     best_other_identity, exact_cosines, near_duplicates,
 )
 from cleanface.purify.rules import (  # noqa: F401  (re-exported)
-    DecisionState, analyse, apply_advice, apply_angle_drop, apply_dedup, apply_merge, apply_outlier_groups, apply_relabel,
+    DecisionState, analyse, apply_advice, apply_angle_drop, apply_calibrated_drop, apply_dedup, apply_drop, apply_merge, apply_outlier_groups, apply_relabel,
     apply_split, drop_by_angle, members_by_group, merge_groups, split_candidates,
 )
 from cleanface.purify.settings import PurifySettings
@@ -82,6 +85,14 @@ class Decisions:
         image's own merge group do not count as other.
     outlier_group : ndarray (N,), int64
         HDBSCAN group among the dropped images, -1 for none.
+    loo_angle, noise_score : ndarray (N,), float32
+        Degrees to the mean of the other images of the identity, and the calibrated
+        probability that the label is wrong (NaN with ``drop_rule="angle"``, for lone
+        images and non-finite embeddings). Sorting by ``noise_score`` ranks the images
+        from most to least suspect.
+    calibration : dict
+        The calibrated rule's fit (:class:`cleanface.purify.calibration.Calibration`),
+        ``{"used": False, "reason": ...}`` when it fell back, empty with the angle rule.
     names : list of str
         Output identity names: the C input names, then new identities.
     dominant_by_identity : ndarray (C,), int64
@@ -108,6 +119,8 @@ class Decisions:
     best_other: np.ndarray
     best_other_angle: np.ndarray
     outlier_group: np.ndarray
+    loo_angle: np.ndarray
+    noise_score: np.ndarray
     names: list[str]
     dominant_by_identity: np.ndarray
     stats: IdentityStats
@@ -119,6 +132,7 @@ class Decisions:
     advice: dict = field(default_factory=dict)
     faiss: dict = field(default_factory=dict)
     outlier_info: dict = field(default_factory=dict)
+    calibration: dict = field(default_factory=dict)
     timings: dict = field(default_factory=dict)
 
     @property
@@ -140,6 +154,7 @@ class Decisions:
 def decide(
     embeddings: np.ndarray, labels: np.ndarray, centers: np.ndarray, settings: PurifySettings | None = None, *,
     names: list[str] | None = None, silent: bool = True, stage_hook: Callable[[str], None] | None = None,
+    centre_weights: np.ndarray | None = None,
 ) -> Decisions:
     """Apply every rule (see the module docstring), in order, and return the decisions.
 
@@ -148,13 +163,15 @@ def decide(
     copy when they already are; float16 halves them at millions of identities);
     ``settings``: defaults when None; ``names``: the C identity names (``"0" .. "C-1"``
     when None), after which new identities are named; ``stage_hook``: called with each
-    stage's name as it starts (``"done"`` at the end), for benchmarks.
+    stage's name as it starts (``"done"`` at the end), for benchmarks; ``centre_weights`` (N,):
+    each image's weight in its identity's mean for the calibrated drop rule (an earlier
+    round's decisions, :func:`cleanface.purify.reference.reference_weights`).
     """
     settings = settings or PurifySettings()
     clock = StageClock(stage_hook)
     clock.stage("analysis")
-    state = analyse(embeddings, labels, centers, names, silent=silent)
-    apply_angle_drop(state, settings)
+    state = analyse(embeddings, labels, centers, names, silent=silent, centre_weights=centre_weights)
+    apply_drop(state, settings)
     clock.stage("merge")
     apply_merge(state, settings)
     clock.stage("split")
@@ -185,8 +202,8 @@ def to_decisions(state: DecisionState, settings: PurifySettings, timings: dict[s
         action=state.action, reason=state.reason, new_label=state.new_label, angle=state.angle, cos=state.cos,
         nearest=state.nearest, dominant=np.where(state.finite, state.dominant_by_identity[state.labels], -1),
         finite=state.finite, best_other=state.best_other, best_other_angle=state.best_other_angle,
-        outlier_group=state.outlier_group, names=state.out_names, dominant_by_identity=state.dominant_by_identity,
+        outlier_group=state.outlier_group, loo_angle=state.loo_angle, noise_score=state.noise_score, names=state.out_names, dominant_by_identity=state.dominant_by_identity,
         stats=state.stats, merges=state.merges, splits=state.splits, outlier_groups=state.outlier_groups,
         duplicate_pairs=state.duplicate_pairs, duplicate_cos=state.duplicate_cos, advice=state.advice, faiss=state.faiss,
-        outlier_info=state.outlier_info, timings=timings,
+        outlier_info=state.outlier_info, calibration=state.calibration, timings=timings,
     )

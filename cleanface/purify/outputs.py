@@ -24,13 +24,17 @@ from cleanface.purify.settings import PurifySettings
 
 DECISION_COLUMNS = (
     "index", "location", "old_identity", "new_identity", "action", "reason", "angle",
-    "nearest_subcenter", "dominant_subcenter", "best_other_identity", "best_other_angle",
+    "nearest_subcenter", "dominant_subcenter", "best_other_identity", "best_other_angle", "noise_score", "loo_angle",
 )
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)
 
 
 def _angle_text(value: float) -> str:
     return "" if not np.isfinite(value) else f"{value:.4f}"
+
+
+def _score_text(value: float) -> str:
+    return "" if not np.isfinite(value) else f"{value:.6f}"
 
 
 def decision_rows(index: DatasetIndex, decisions: Decisions) -> Iterator[list[str]]:
@@ -44,6 +48,7 @@ def decision_rows(index: DatasetIndex, decisions: Decisions) -> Iterator[list[st
             ACTIONS[decisions.action[i]], REASONS[decisions.reason[i]], _angle_text(float(decisions.angle[i])),
             str(nearest) if nearest >= 0 else "", str(dom) if dom >= 0 else "",
             names[bo] if bo >= 0 else "", _angle_text(float(decisions.best_other_angle[i])),
+            _score_text(float(decisions.noise_score[i])), _angle_text(float(decisions.loo_angle[i])),
         ]
 
 
@@ -110,6 +115,8 @@ def write_decisions_parquet(path: str | os.PathLike, index: DatasetIndex, decisi
         "dominant_subcenter": more(decisions.dominant, -1, np.int64),
         "best_other_identity": more(np.append(names, "")[decisions.best_other], ""),
         "best_other_angle": more(decisions.best_other_angle, np.nan, np.float32),
+        "noise_score": more(decisions.noise_score, np.nan, np.float32),
+        "loo_angle": more(decisions.loo_angle, np.nan, np.float32),
     }
     table = pa.table(columns)
     buf = pa.BufferOutputStream()
@@ -136,7 +143,7 @@ def analysis_arrays(decisions: Decisions) -> dict[str, np.ndarray]:
     Per sample (N): ``angle``, ``nearest``, ``dominant`` (the identity's dominant
     sub-center), ``is_dominant`` (nearest == dominant), ``cos`` (N, K), ``finite``,
     ``action``, ``reason``, ``new_label``, ``best_other``, ``best_other_angle``,
-    ``outlier_group``. Per identity (C): ``dominant_subcenter`` and ``identity_*``
+    ``outlier_group``, ``loo_angle``, ``noise_score``. Per identity (C): ``dominant_subcenter`` and ``identity_*``
     statistics. Pairs: ``duplicate_pairs`` (P, 2), ``duplicate_cos`` (P,). Code tables:
     ``actions``, ``reasons``, ``names`` (output identities).
     """
@@ -145,6 +152,7 @@ def analysis_arrays(decisions: Decisions) -> dict[str, np.ndarray]:
         "angle": d.angle, "nearest": d.nearest, "dominant": d.dominant, "is_dominant": (d.nearest >= 0) & (d.nearest == d.dominant),
         "cos": d.cos, "finite": d.finite, "action": d.action, "reason": d.reason, "new_label": d.new_label,
         "best_other": d.best_other, "best_other_angle": d.best_other_angle, "outlier_group": d.outlier_group,
+        "loo_angle": d.loo_angle, "noise_score": d.noise_score,
         "dominant_subcenter": d.dominant_by_identity, "duplicate_pairs": d.duplicate_pairs, "duplicate_cos": d.duplicate_cos,
         "actions": np.array(ACTIONS), "reasons": np.array(REASONS),
         "names": np.array([n.encode("utf-8", "surrogateescape").decode("utf-8", "replace") for n in d.names]) if d.names else np.zeros(0, "<U1"),
@@ -200,6 +208,9 @@ def build_summary(
         "reasons": d.reason_counts(),
         "settings": settings.to_dict(),
         "threshold": settings.threshold,
+        "drop_rule": settings.drop_rule,
+        "calibration": d.calibration,
+        "calibrated_threshold": d.calibration.get("threshold"),
         "advised_threshold": d.advice.get("threshold"),
         "mixture": d.advice.get("mixture"),
         "faiss": d.faiss,

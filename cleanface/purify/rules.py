@@ -17,6 +17,7 @@ import numpy as np
 from cleanface.purify import _faiss
 from cleanface.purify._memory import release_free_memory
 from cleanface.purify.advice import advise_threshold
+from cleanface.purify.calibration import MIN_ANGLES, calibrate
 from cleanface.purify.analysis import (
     IdentityStats,
     angle_to_dominant,
@@ -30,12 +31,13 @@ from cleanface.purify.analysis import (
 )
 from cleanface.purify.codes import (
     DEDUP, DROP, IN_OUTPUT, KEEP, MERGE, NEW_IDENTITY, RELABEL,
-    R_ANGLE, R_CLOSER, R_DUPLICATE, R_MERGED, R_NON_DOMINANT, R_NON_FINITE, R_NONE, R_OUTLIER_GROUP, R_SPLIT,
+    R_ANGLE, R_CLOSER, R_DUPLICATE, R_MERGED, R_NOISE_SCORE, R_NON_DOMINANT, R_NON_FINITE, R_NONE, R_OUTLIER_GROUP, R_SPLIT,
 )
 from cleanface.purify.naming import unique_name
 from cleanface.purify.neighbours import DUP_NPROBE, SAMPLE_STORAGE, best_other_identity, close_pairs, near_duplicates
 from cleanface.purify.outliers import components, outlier_groups
 from cleanface.purify.settings import PurifySettings
+from cleanface.purify.signals import impostor_angles, loo_mean_angle
 
 
 @dataclass
@@ -49,7 +51,8 @@ class DecisionState:
 
     Written by the rules: ``action``, ``reason`` (codes of :mod:`cleanface.purify.codes`;
     start KEEP / R_NONE), ``new_label`` (starts as ``labels``), ``out_names`` and ``taken``
-    (output names; new identities are appended), ``merge_to`` (C,: the label each identity
+    (output names; new identities are appended), ``loo_angle`` / ``noise_score`` / ``calibration``
+    (the calibrated drop rule's signal, score and fit; NaN / empty with the angle rule), ``merge_to`` (C,: the label each identity
     merges into, itself when not merged), ``subcenter_index`` / ``subcenter_identities``
     (the FAISS index over the dominant sub-centers and their labels, from the merge rule
     to the relabel rule, which frees it), and the results ``merges``, ``splits``,
@@ -80,6 +83,10 @@ class DecisionState:
     best_other: np.ndarray
     best_other_angle: np.ndarray
     outlier_group: np.ndarray
+    loo_angle: np.ndarray
+    noise_score: np.ndarray
+    calibration: dict = field(default_factory=dict)
+    centre_weights: np.ndarray | None = None
     subcenter_index: "_faiss.BuiltIndex | None" = None
     subcenter_identities: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     merges: list[dict] = field(default_factory=list)
@@ -120,15 +127,19 @@ class DecisionState:
 
 # -- the rules, in the order decide applies them ---------------------------------------------------
 def analyse(
-    embeddings: np.ndarray, labels: np.ndarray, centers: np.ndarray, names: list[str] | None = None, *, silent: bool = True
+    embeddings: np.ndarray, labels: np.ndarray, centers: np.ndarray, names: list[str] | None = None, *, silent: bool = True,
+    centre_weights: np.ndarray | None = None,
 ) -> DecisionState:
     """The sub-center analysis (:mod:`cleanface.purify.analysis`) as a fresh state: every image kept.
 
     Reads the arrays (``centers`` (C, K, D) are normalised without a copy when already
     unit); sets every field read-only for the rules, ``action = KEEP``, ``reason = R_NONE``,
     ``new_label = labels``, ``out_names = names`` (``"0" .. "C-1"`` when None),
-    ``merge_to = arange(C)``, ``best_other = outlier_group = -1``, ``best_other_angle = NaN``.
-    A ValueError when ``names`` does not list the C identities.
+    ``merge_to = arange(C)``, ``best_other = outlier_group = -1``, ``best_other_angle = loo_angle =
+    noise_score = NaN``.
+    ``centre_weights`` (N,), optional: how much each image counts in its identity's mean for
+    the calibrated drop rule (an earlier round's kept images 1, its dropped ones 0).
+    A ValueError when ``names`` does not list the C identities, or ``centre_weights`` the N images.
     """
     labels = np.ascontiguousarray(labels, dtype=np.int64)
     centers = unit_rows(centers)
@@ -137,6 +148,8 @@ def analyse(
     if len(names) != num_classes:
         raise ValueError(f"names must list the {num_classes} identities of centers, got {len(names)}")
     n = len(labels)
+    if centre_weights is not None and np.shape(centre_weights) != (n,):
+        raise ValueError(f"centre_weights must hold one weight per image ({n}), got shape {np.shape(centre_weights)}")
     nearest, cos = nearest_subcenter(embeddings, labels, centers)
     dominant_by_identity = dominant_subcenters(nearest, labels, num_classes, k)
     return DecisionState(
@@ -148,6 +161,8 @@ def analyse(
         reason=np.full(n, R_NONE, dtype=np.int8), new_label=labels.copy(), out_names=list(names), taken=set(names),
         merge_to=np.arange(num_classes, dtype=np.int64), best_other=np.full(n, -1, dtype=np.int64),
         best_other_angle=np.full(n, np.nan, dtype=np.float32), outlier_group=np.full(n, -1, dtype=np.int64),
+        loo_angle=np.full(n, np.nan, dtype=np.float32), noise_score=np.full(n, np.nan, dtype=np.float32),
+        centre_weights=None if centre_weights is None else np.asarray(centre_weights, dtype=np.float32),
     )
 
 
@@ -165,6 +180,42 @@ def apply_angle_drop(state: DecisionState, settings: PurifySettings) -> None:
     if settings.drop_non_dominant:
         state.mark(finite & state.not_dominant & ~over, DROP, R_NON_DOMINANT)
     state.mark(~finite, DROP, R_NON_FINITE)
+
+
+def apply_calibrated_drop(state: DecisionState, settings: PurifySettings) -> None:
+    """Drop by the noise score of the angle to the leave-one-out identity mean, calibrated on impostors.
+
+    Reads ``embeddings``, ``labels``, ``finite``, ``not_dominant``, ``centre_weights``; ``settings.noise_cut``,
+    ``settings.seed``, ``settings.drop_non_dominant``. Sets ``loo_angle``, ``noise_score``,
+    ``calibration`` and ``action = DROP`` with ``reason`` R_NOISE_SCORE (noise score at least
+    ``noise_cut``: angle at or above the calibrated threshold), R_NON_DOMINANT (with ``drop_non_dominant``) and R_NON_FINITE.
+    A lone image of its identity has no leave-one-out mean and is kept. With too few
+    images to calibrate (:func:`cleanface.purify.calibration.calibrate` returns None) it
+    falls back to :func:`apply_angle_drop` and says so in ``calibration``.
+    """
+    loo, sums = loo_mean_angle(state.embeddings, state.labels, state.num_classes, state.centre_weights)
+    impostors = impostor_angles(state.embeddings, state.labels, sums, seed=settings.seed)
+    cal, scores = calibrate(loo, impostors, cut=settings.noise_cut)
+    state.loo_angle, state.noise_score = loo, scores
+    if cal is None:
+        state.calibration = {"used": False, "reason": f"fewer than {MIN_ANGLES} images with a leave-one-out mean or impostor angles; "
+                             f"dropped above {settings.threshold:g} degrees from the dominant sub-center instead"}
+        apply_angle_drop(state, settings)
+        return
+    state.calibration = {"used": True, **cal.to_dict()}
+    if state.centre_weights is not None:
+        state.calibration["centre_members"] = int((state.centre_weights > 0).sum())  # images an earlier round kept
+    finite = state.finite
+    over = finite & (np.nan_to_num(scores, nan=0.0) >= settings.noise_cut)
+    state.mark(over, DROP, R_NOISE_SCORE)
+    if settings.drop_non_dominant:
+        state.mark(finite & state.not_dominant & ~over, DROP, R_NON_DOMINANT)
+    state.mark(~finite, DROP, R_NON_FINITE)
+
+
+def apply_drop(state: DecisionState, settings: PurifySettings) -> None:
+    """The drop rule ``settings.drop_rule`` names: :func:`apply_calibrated_drop` or :func:`apply_angle_drop`."""
+    (apply_angle_drop if settings.drop_rule == "angle" else apply_calibrated_drop)(state, settings)
 
 
 def apply_merge(state: DecisionState, settings: PurifySettings) -> None:

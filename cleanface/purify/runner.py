@@ -56,6 +56,7 @@ from cleanface.purify.outputs import (
     write_summary,
 )
 from cleanface.purify.sanity import check_decisions, check_embeddings, check_training
+from cleanface.purify.reference import reference_weights
 from cleanface.purify.settings import PurifySettings
 
 FORMATS = ("folder", "manifest", "rec")
@@ -139,6 +140,7 @@ class _Inputs:
     truth: dict | None
     given: np.ndarray | None
     k: int = 0
+    weights: np.ndarray | None = None  # centre weights from a reference (an earlier round), or None
 
 
 def _open_checked(data: str | os.PathLike, truth: str | os.PathLike | None, silent: bool, *, run_names: list[str] | None = None,
@@ -199,6 +201,7 @@ def purify(
     copy: bool = False,
     device: str = "cpu",
     silent: bool = False,
+    reference: str | os.PathLike | None = None,
 ) -> Path:
     """Purify the dataset ``data`` with the sub-centers of the run ``run_dir``; write the result to ``out``.
 
@@ -210,6 +213,8 @@ def purify(
     of an ``.npy`` from another tool. ``truth``: a ``noise_truth.csv`` that adds precision, recall and
     F1 of the flags to the summary. ``copy``: copy image files instead of hard-linking.
     ``run_dir=None`` is :func:`purify_from_embeddings` with its default K (``embeddings`` required).
+    ``reference``: an earlier purify output of ``data`` whose kept images alone form the
+    identity means of the calibrated drop rule (:mod:`cleanface.purify.reference`; a second round).
 
     :mod:`cleanface.purify.sanity` refuses a model that did not learn, as early as the
     evidence allows (the training history before embedding, the embeddings before
@@ -224,14 +229,14 @@ def purify(
         if embeddings is None:
             raise ConfigError("purify without a training run needs embeddings of the dataset (embeddings=, --embeddings)")
         return purify_from_embeddings(data, embeddings, out, paths=paths, settings=settings, fmt=fmt, truth=truth, overwrite=overwrite,
-                                      copy=copy, silent=silent)
+                                      copy=copy, silent=silent, reference=reference)
     run_dir = Path(run_dir)
-    info = _info(run_dir, data, out, embeddings, paths, truth, device)
+    info = _info(run_dir, data, out, embeddings, paths, truth, device, reference)
 
     def read() -> _Inputs:
         inputs = _read_inputs(run_dir, data, embeddings, paths, truth, device, silent)
         check_training(settings, accuracy_per_epoch(run_dir), len(inputs.index.names))
-        return inputs
+        return _with_reference(inputs, reference)
 
     def embed(stage: Path, inputs: _Inputs) -> tuple[np.ndarray, str]:
         return _stage_embeddings(stage, inputs, run_dir, settings, device, silent)
@@ -252,6 +257,7 @@ def purify_from_embeddings(
     overwrite: bool = False,
     copy: bool = False,
     silent: bool = False,
+    reference: str | os.PathLike | None = None,
 ) -> Path:
     """Purify ``data`` without a training run: sub-centers from spherical k-means of the given embeddings.
 
@@ -270,11 +276,11 @@ def purify_from_embeddings(
     settings = settings or PurifySettings()
     if not 1 <= int(k) <= 1024:
         raise ConfigError(f"the number of sub-centers k must lie within [1, 1024], got {k!r}")
-    info = _info(None, data, out, embeddings, paths, truth, "cpu")
+    info = _info(None, data, out, embeddings, paths, truth, "cpu", reference)
 
     def read() -> _Inputs:
         opened, index, truth_rows = _open_checked(data, truth, silent)
-        return _Inputs(opened, index, None, None, truth_rows, read_embeddings(embeddings, opened, paths=paths), int(k))
+        return _with_reference(_Inputs(opened, index, None, None, truth_rows, read_embeddings(embeddings, opened, paths=paths), int(k)), reference)
 
     def given(stage: Path, inputs: _Inputs) -> tuple[np.ndarray, str]:
         remove_path(stage / EMBED_DIR)
@@ -283,11 +289,20 @@ def purify_from_embeddings(
     return _purify_locked(out, read, given, settings, info, fmt=fmt, overwrite=overwrite, copy=copy, silent=silent, started=started)
 
 
+def _with_reference(inputs: _Inputs, reference: str | os.PathLike | None) -> _Inputs:
+    """``inputs`` with the centre weights of ``reference`` (an earlier purify output of the same data), when given."""
+    if reference is not None:
+        inputs.weights = reference_weights(reference, inputs.index)
+    return inputs
+
+
 def _info(run_dir: Path | None, data: str | os.PathLike, out: str | os.PathLike, embeddings: str | os.PathLike | None,
-          paths: str | os.PathLike | None, truth: str | os.PathLike | None, device: str) -> dict[str, Any]:
+          paths: str | os.PathLike | None, truth: str | os.PathLike | None, device: str,
+          reference: str | os.PathLike | None = None) -> dict[str, Any]:
     """The inputs part of ``run_info.json``."""
     info = {"run": None if run_dir is None else str(run_dir), "data": str(data), "out": str(out),
-            "embeddings": None if embeddings is None else str(embeddings), "truth": None if truth is None else str(truth), "device": device}
+            "embeddings": None if embeddings is None else str(embeddings), "truth": None if truth is None else str(truth), "device": device,
+            "reference": None if reference is None else str(reference)}
     if paths is not None:
         info["paths"] = str(paths)
     return info
@@ -335,7 +350,7 @@ def _decide_and_write(out: Path, inputs: _Inputs, settings: PurifySettings, embe
         timings = {"embed": round(time.perf_counter() - t0, 3)}
         check_embeddings(settings, emb)
         centers, subcenters = _subcenters(inputs, emb, settings, timings)
-        decisions = decide(emb, inputs.index.labels, centers, settings, names=inputs.index.names, silent=silent)
+        decisions = decide(emb, inputs.index.labels, centers, settings, names=inputs.index.names, silent=silent, centre_weights=inputs.weights)
         check_decisions(settings, decisions, len(inputs.index.names))
         timings.update(decisions.timings)
         t0 = time.perf_counter()

@@ -1,8 +1,9 @@
 """Every purification setting, its default and the reason for it.
 
-All angles are in degrees. The defaults follow sub-center ArcFace (drop above 75
-degrees from the dominant sub-center) and add the extra rules of cleanface with
-values chosen for trained ArcFace-style embeddings, where centres of different
+All angles are in degrees. Images are dropped by a noise score
+calibrated on the data (``drop_rule = "calibrated"``, :mod:`cleanface.purify.calibration`);
+the sub-center ArcFace rule (drop above 75 degrees from the dominant sub-center) is
+``drop_rule = "angle"``. The other rules use values chosen for trained ArcFace-style embeddings, where centres of different
 identities lie close to 90 degrees apart and clean images of an identity mostly lie
 within 50-65 degrees of its dominant sub-center:
 
@@ -28,6 +29,8 @@ from typing import Any
 
 from cleanface.errors import ConfigError
 
+DROP_RULES = ("calibrated", "angle")
+
 
 @dataclass(frozen=True)
 class PurifySettings:
@@ -35,9 +38,20 @@ class PurifySettings:
 
     Attributes
     ----------
+    drop_rule : str
+        ``"calibrated"`` (default): score each image by its angle to the mean of the other
+        images of its identity and drop those whose noise score reaches ``noise_cut``, the
+        threshold found from the data by :mod:`cleanface.purify.calibration` (no fixed
+        angle; it falls back to ``threshold`` on the sub-center angle when there are too few
+        images to calibrate). ``"angle"``: the sub-center ArcFace rule, drop above
+        ``threshold`` degrees from the dominant sub-center.
+    noise_cut : float
+        The calibrated rule drops an image whose noise score (estimated probability of a
+        wrong label, in (0, 1)) is at least this.
     threshold : float
         Drop an image whose angle to its identity's dominant sub-center is strictly
-        greater than this (degrees). An angle equal to it keeps the image.
+        greater than this (degrees), with ``drop_rule="angle"``. An angle equal to it keeps
+        the image.
     drop_non_dominant : bool
         Also drop images whose nearest sub-center is not the dominant one.
     relabel, relabel_angle, relabel_margin
@@ -73,6 +87,8 @@ class PurifySettings:
         identities (:mod:`cleanface.purify.sanity`). ``--no-sanity-check`` turns it off.
     """
 
+    drop_rule: str = "calibrated"
+    noise_cut: float = 0.5
     threshold: float = 75.0
     drop_non_dominant: bool = False
     relabel: bool = True
@@ -98,6 +114,10 @@ class PurifySettings:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not math.isfinite(value) or not 0 <= value <= 180:
                 raise ConfigError(f"purify setting {name} must be an angle in degrees within [0, 180], got {value!r}")
+        if self.drop_rule not in DROP_RULES:
+            raise ConfigError(f"purify setting drop_rule must be one of {', '.join(DROP_RULES)}, got {self.drop_rule!r}")
+        if not isinstance(self.noise_cut, (int, float)) or not 0 < self.noise_cut < 1:
+            raise ConfigError(f"purify setting noise_cut is a probability and must lie within (0, 1), got {self.noise_cut!r}")
         if not 0 <= self.relabel_margin <= 180:
             raise ConfigError(f"purify setting relabel_margin must lie within [0, 180] degrees, got {self.relabel_margin!r}")
         if not 0 < self.split_min_share <= 0.5:

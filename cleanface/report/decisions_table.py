@@ -3,7 +3,8 @@
 Notation: N images (rows of ``decisions.csv``), C input identities (``old_identity``).
 The columns read are those of the architecture page: ``index, location, old_identity,
 new_identity, action, reason, angle, nearest_subcenter, dominant_subcenter`` (others
-are ignored); an optional ``noise_type`` column is used when present.
+are ignored); the optional columns ``noise_type``, ``noise_score`` and ``loo_angle`` are
+used when present (files written before the calibrated drop rule lack the last two).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ ACTIONS = ("keep", "drop", "relabel", "merge", "dedup", "new-identity")
 ACTION_LABELS = {"keep": "kept", "drop": "dropped", "relabel": "relabelled", "merge": "merged", "dedup": "dedup", "new-identity": "new identity"}
 REMOVED = ("drop", "dedup")  # actions that take an image out of the cleaned set
 REQUIRED = ("index", "location", "old_identity", "new_identity", "action", "angle", "nearest_subcenter", "dominant_subcenter")
+SCORES = ("noise_score", "loo_angle")  # optional float columns; NaN arrays when absent
 
 
 @dataclass
@@ -50,6 +52,10 @@ class DecisionTable:
     nearest, dominant : ndarray (N,), int64
         Sub-center indices; -1 when empty.
     noise_type : ndarray (N,) of str or None
+    noise_score : ndarray (N,), float32
+        Calibrated probability (0..1) that the label is wrong; NaN when empty or the column is absent.
+    loo_angle : ndarray (N,), float32
+        Degrees to the mean of the other images of the identity; NaN when empty or absent.
     """
 
     index: np.ndarray
@@ -65,6 +71,8 @@ class DecisionTable:
     nearest: np.ndarray
     dominant: np.ndarray
     noise_type: np.ndarray | None = None
+    noise_score: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    loo_angle: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
     row_of_index: dict[int, int] = field(default_factory=dict)
 
     def __len__(self) -> int:
@@ -79,6 +87,11 @@ class DecisionTable:
 
 def _int(text: str) -> int:
     return int(text) if text else -1
+
+
+def _optional_float(row: list[str], column: int | None) -> float:
+    """The float in ``row[column]``; NaN for an empty cell or an absent column (``column`` None)."""
+    return float(row[column]) if column is not None and row[column] else np.nan
 
 
 def read_decisions(path: str | os.PathLike) -> DecisionTable:
@@ -99,11 +112,13 @@ def read_decisions(path: str | os.PathLike) -> DecisionTable:
         col = {name: header.index(name) for name in header}
         c_idx, c_loc, c_old, c_new, c_act, c_ang, c_near, c_dom = (col[c] for c in REQUIRED)
         c_reason, c_noise = col.get("reason"), col.get("noise_type")
+        c_scores = [col.get(c) for c in SCORES]
         names: dict[str, int] = {}
         new_names: dict[str, int] = {"": -1}
         reasons: dict[str, int] = {}
         action_code = {a: i for i, a in enumerate(ACTIONS)}
         index, location, identity, new_identity, action, reason, angle, nearest, dominant, noise = ([] for _ in range(10))
+        scores: list[list[float]] = [[] for _ in SCORES]
         width = len(header)
         for lineno, row in enumerate(reader, start=2):
             if len(row) < width:
@@ -118,8 +133,11 @@ def read_decisions(path: str | os.PathLike) -> DecisionTable:
                 angle.append(float(row[c_ang]) if row[c_ang] else np.nan)
                 nearest.append(_int(row[c_near]))
                 dominant.append(_int(row[c_dom]))
+                for values, c in zip(scores, c_scores):
+                    values.append(_optional_float(row, c))
             except (ValueError, KeyError):
-                raise DataError(f"{path} line {lineno}: unreadable index, action, angle or sub-center ({','.join(row[:8])[:120]!r})") from None
+                raise DataError(f"{path} line {lineno}: unreadable index, action, angle, sub-center, noise score or "
+                                f"leave-one-out angle ({','.join(row[:8])[:120]!r})") from None
             location.append(row[c_loc])
             identity.append(names.setdefault(row[c_old], len(names)))
             new_identity.append(new_names.setdefault(row[c_new], len(new_names) - 1))
@@ -132,6 +150,7 @@ def read_decisions(path: str | os.PathLike) -> DecisionTable:
         action=np.array(action, dtype=np.int8), reason=np.array(reason, dtype=np.int64), reasons=list(reasons) or [""],
         angle=np.array(angle, dtype=np.float32), nearest=np.array(nearest, dtype=np.int64), dominant=np.array(dominant, dtype=np.int64),
         noise_type=np.array(noise, dtype=str) if c_noise is not None else None,
+        noise_score=np.array(scores[0], dtype=np.float32), loo_angle=np.array(scores[1], dtype=np.float32),
     )
 
 

@@ -5,10 +5,10 @@ Inputs (see docs/ARCHITECTURE.md, "Purify output directory"): ``summary.json`` a
 ``analysis.npz`` is not needed: the per-identity numbers are recomputed from
 ``decisions.csv``. Output: ``CLEAN/report/``::
 
-    index.html                     summary, angle histogram, flag quality, links
+    index.html                     summary, angle histograms, drop rule, flag quality, links
     pages/identities-<key>-<p>.html  the identity table, one pre-sorted set of pages per key
     identities/<n>.html            one page per input identity (n: order of first appearance)
-    pages/<list>-<p>.html          merges, relabels, splits, duplicates, outlier groups
+    pages/<list>-<p>.html          merges, relabels, splits, duplicates, outlier groups, most suspect images
     thumbs/, images/               thumbnails; full-size copies of RecordIO images
 
 The candidate lists of ``summary.json`` are read with these item shapes (missing keys
@@ -20,6 +20,12 @@ are tolerated, unknown keys ignored):
 * ``duplicates``: ``{"a": sample index, "b": sample index, "cos": float}``;
 * ``outlier_groups``: ``{"group": n, "size": n, "first_indices": [sample index, ...] (or "members"),
   "identities": {name: count}, "new_identity": name}``.
+
+The calibrated drop rule is read from ``summary.json`` (``drop_rule``; ``calibration``:
+``{"used": true, "noise_rate", "clean_mean", "clean_std", "impostor_median", "threshold",
+"cut", "angles", "impostors", ...}`` or ``{"used": false, "reason": ...}``) and from the
+``noise_score`` and ``loo_angle`` columns of ``decisions.csv``; reports of older outputs,
+which lack them, simply leave the calibrated parts out.
 """
 
 from __future__ import annotations
@@ -64,7 +70,9 @@ LISTS = {
     "splits": "Split candidates",
     "duplicates": "Near-duplicate pairs",
     "outliers": "Outlier groups",
+    "suspects": "Most suspect images",
 }
+MOST_SUSPECT = 1000  # images of the "most suspect" list (highest noise scores), like the 1000 reported duplicate pairs
 FACES_PER_MERGE = 4
 FACES_PER_SPLIT = 4
 FACES_PER_GROUP = 8
@@ -118,7 +126,8 @@ def render_purify_report(
     noise = _noise_types(table, summary, info)
     with build_report(clean_dir / "report") as writer:
         thumbs = ThumbWriter(writer.stage, writer.final, data=data, placeholder=placeholder_thumbs)
-        page = _PurifyPages(writer, thumbs, table, summary, max_thumbs=max_thumbs_per_page, rows_per_page=rows_per_page, silent=silent)
+        page = _PurifyPages(writer, thumbs, table, summary, noise=noise, max_thumbs=max_thumbs_per_page, rows_per_page=rows_per_page,
+                            silent=silent)
         page.identity_pages()
         page.identity_tables()
         lists = page.candidate_lists()
@@ -156,15 +165,28 @@ def _caption(table: DecisionTable, row: int) -> str:
         new = table.new_names[int(table.new_identity[row])]
         if new != table.names[int(table.identity[row])]:
             text += f" \u2192 {new}"
+    score = table.noise_score[row]
+    if np.isfinite(score):
+        text += f" noise {score:.2f}"
     return text
+
+
+def _by_noise_type(values: np.ndarray, noise: np.ndarray | None) -> Any:
+    """The finite ``values``, split by noise type (a mapping, known types first) when ``noise`` is given."""
+    finite = np.isfinite(values)
+    if noise is None:
+        return values[finite]
+    kinds = [k for k in ("clean", "close-set", "open-set", "merged", "split") if (noise == k).any()]
+    kinds += sorted(set(np.unique(noise).tolist()) - set(kinds))
+    return {k: values[finite & (noise == k)] for k in kinds}
 
 
 class _PurifyPages:
     """Builds the pages of one purify report (state shared between the page kinds)."""
 
     def __init__(self, writer: ReportWriter, thumbs: ThumbWriter, table: DecisionTable, summary: dict[str, Any], *,
-                 max_thumbs: int, rows_per_page: int, silent: bool) -> None:
-        self.writer, self.thumbs, self.table, self.summary = writer, thumbs, table, summary
+                 noise: np.ndarray | None = None, max_thumbs: int, rows_per_page: int, silent: bool) -> None:
+        self.writer, self.thumbs, self.table, self.summary, self.noise = writer, thumbs, table, summary, noise
         self.max_thumbs, self.rows_per_page, self.silent = max_thumbs, rows_per_page, silent
         self.stats = identity_stats(table)
         self.order = group_order(table)
@@ -255,6 +277,13 @@ class _PurifyPages:
             "duplicates": (_list(self.summary, "duplicates"), 2, self.duplicate_item),
             "outliers": (_list(self.summary, "outlier_groups"), FACES_PER_GROUP, self.outlier_item),
         }
+        suspects, scored = self.most_suspect()
+        notes = {}
+        if scored:  # outputs written before the calibrated drop rule have no noise scores: no list
+            builders["suspects"] = (suspects, 1, self.suspect_item)
+            notes["suspects"] = (f"The {len(suspects):,} highest noise scores of {scored:,} scored images, highest first. The noise score is the "
+                                 "calibrated probability that an image's label is wrong, from its angle to the mean of its identity's other images.")
+        titles = {name: LISTS[name] for name in builders}
         out = {}
         for name, (items, faces_each, build) in builders.items():
             per_page = max(1, min(200, self.max_thumbs // faces_each))
@@ -263,11 +292,26 @@ class _PurifyPages:
             for p, chunk in pages_of(items, per_page):
                 built = [build(item) for item in chunk]
                 if p == 1:
-                    preview = built[:6 if name != "relabels" else 12]
+                    preview = built[:12 if name in ("relabels", "suspects") else 6]
                 self.writer.page(f"pages/{name}-{p}.html", "purify_list.html", title=LISTS[name], kind=name, items=built, total=len(items),
-                                 page=p, pages=count, pager=pager(f"pages/{name}-{{}}.html", p, count), lists=LISTS)
+                                 page=p, pages=count, pager=pager(f"pages/{name}-{{}}.html", p, count), lists=titles, note=notes.get(name, ""))
             out[name] = {"title": LISTS[name], "count": len(items), "href": f"pages/{name}-1.html", "preview": preview}
         return out
+
+    def most_suspect(self) -> tuple[list[tuple[int, int]], int]:
+        """(rank from 1, row) of the :data:`MOST_SUSPECT` highest noise scores (ties: larger angle, then row), and how many rows have a score."""
+        t = self.table
+        rows = np.flatnonzero(np.isfinite(t.noise_score))
+        loo = np.nan_to_num(t.loo_angle[rows].astype(np.float64), nan=-1.0)
+        ranked = rows[np.lexsort((rows, -loo, -t.noise_score[rows].astype(np.float64)))][:MOST_SUSPECT]
+        return [(rank, int(r)) for rank, r in enumerate(ranked.tolist(), start=1)], len(rows)
+
+    def suspect_item(self, item: tuple[int, int]) -> dict[str, Any]:
+        rank, row = item
+        t = self.table
+        return {"rank": rank, "face": self.face(row), "identity": self.identity_link(t.names[int(t.identity[row])]),
+                "score": float(t.noise_score[row]), "loo": _deg(t.loo_angle[row]), "action": ACTION_LABELS[ACTIONS[int(t.action[row])]],
+                "noise": None if self.noise is None else str(self.noise[row])}
 
     def merge_item(self, item: dict[str, Any]) -> dict[str, Any]:
         members = []
@@ -330,18 +374,7 @@ class _PurifyPages:
         sm, t = self.summary, self.table
         threshold = _float(sm.get("threshold"))
         advised = _float(sm.get("advised_threshold"))
-        finite = np.isfinite(t.angle)
-        if noise is not None:
-            kinds = [k for k in ("clean", "close-set", "open-set", "merged", "split") if (noise == k).any()]
-            kinds += sorted(set(np.unique(noise).tolist()) - set(kinds))
-            values: Any = {k: t.angle[finite & (noise == k)] for k in kinds}
-        else:
-            values = t.angle[finite]
-        markers = {f"advised {advised:.1f}\u00b0": advised} if advised is not None else None
-        hist = svg.histogram(values, bins=72, value_range=(0.0, 180.0), marker=threshold,
-                             marker_label=f"threshold {threshold:.1f}\u00b0" if threshold is not None else "", markers=markers,
-                             title="Angle to the dominant sub-center" + (" by noise type" if noise is not None else ""),
-                             x_label="angle (degrees)", width=760, height=300)
+        calibration = self.calibration_view(noise)
         actions = sm.get("actions") or {}
         action_rows = [(ACTION_LABELS.get(a, a), actions.get(a, 0), int((t.action == ACTIONS.index(a)).sum()) if a in ACTIONS else None)
                        for a in list(ACTIONS) + sorted(set(actions) - set(ACTIONS))]
@@ -350,7 +383,7 @@ class _PurifyPages:
         if truth.get("overall"):
             quality.append(("all flags (any action but keep)", truth["overall"]))
         if truth.get("angle_only"):
-            quality.append(("angle above threshold only", truth["angle_only"]))
+            quality.append(("angle above the angle-rule threshold only", truth["angle_only"]))
         per_type = [(k, v) for k, v in (truth.get("per_type") or {}).items()]
         worst = np.lexsort((-self.stats.size, -self.stats.removed_share))[:20]
         top = [(int(c), t.names[c], int(self.stats.size[c]), float(self.stats.removed_share[c]), float(self.stats.spread[c])) for c in worst]
@@ -362,11 +395,54 @@ class _PurifyPages:
         ]
         self.writer.finish(
             "purify_index.html", title=f"Purification of {info.get('data') or clean_dir.name}", clean_dir=info.get("out") or str(clean_dir), cards=cards,
-            threshold=threshold, advised=advised, histogram=safe_svg(hist), action_rows=action_rows, reasons=sorted((sm.get("reasons") or {}).items()),
+            threshold=threshold, advised=advised, histogram=self.angle_histogram(noise, threshold, advised, calibration["used"]),
+            calibration=calibration, action_rows=action_rows, reasons=sorted((sm.get("reasons") or {}).items()),
             quality=quality, per_type=per_type, top=top, lists=lists, keys=SORT_KEYS, settings=settings, faiss=sorted(faiss.items()),
             identities=len(t.names), images=len(t), legend=ACTION_LABELS, thumbs_failed=self.thumbs.failed,
-            non_finite=int((~finite).sum()), noise=noise is not None,
+            non_finite=int((~np.isfinite(t.angle)).sum()), noise=noise is not None,
         )
+
+    def angle_histogram(self, noise: np.ndarray | None, threshold: float | None, advised: float | None, calibrated: bool) -> Markup:
+        """The histogram of the angles to the dominant sub-center; its solid line is the angle rule's threshold."""
+        markers = {f"advised {advised:.1f}\u00b0": advised} if advised is not None else None
+        name = "angle rule" if calibrated else "threshold"
+        hist = svg.histogram(_by_noise_type(self.table.angle, noise), bins=72, value_range=(0.0, 180.0), marker=threshold,
+                             marker_label=f"{name} {threshold:.1f}\u00b0" if threshold is not None else "", markers=markers,
+                             title="Angle to the dominant sub-center" + (" by noise type" if noise is not None else ""),
+                             x_label="angle (degrees)", width=760, height=300)
+        return safe_svg(hist)
+
+    def calibration_view(self, noise: np.ndarray | None) -> dict[str, Any]:
+        """What the index shows of the drop rule: the rule, the calibration's numbers or why it fell back, the histogram of ``loo_angle``.
+
+        ``threshold_label`` names the angle-rule threshold card: the threshold that dropped
+        (angle rule, or the calibrated rule's fallback) or the unused fallback.
+        """
+        sm, t = self.summary, self.table
+        cal = sm.get("calibration") if isinstance(sm.get("calibration"), dict) else {}
+        rule = sm.get("drop_rule")
+        used = bool(cal.get("used"))
+        threshold = _float(cal.get("threshold", sm.get("calibrated_threshold"))) if used else None
+        if used:
+            label = "angle-rule threshold (fallback, not used)"
+        elif rule == "calibrated":
+            label = "angle threshold used (calibration fell back)"
+        else:
+            label = "angle threshold used (angle rule)"
+        finite = np.isfinite(t.loo_angle)
+        hist = None
+        if finite.any():
+            top = max(float(t.loo_angle[finite].max()), threshold or 0.0)
+            hi = min(180.0, max(10.0, 10.0 * math.ceil(top / 10.0)))
+            hist = safe_svg(svg.histogram(
+                _by_noise_type(t.loo_angle, noise), bins=60, value_range=(0.0, hi), marker=threshold,
+                marker_label=f"calibrated {threshold:.1f}\u00b0" if threshold is not None else "",
+                title="Angle to the mean of the identity's other images" + (" by noise type" if noise is not None else ""),
+                x_label="angle (degrees)", width=760, height=300))
+        numbers = {k: _float(cal.get(k)) for k in ("noise_rate", "clean_mean", "clean_std", "impostor_median", "cut")}
+        return {"rule": rule, "used": used, "reason": None if used else cal.get("reason"), "threshold": threshold, "threshold_label": label,
+                **numbers, "angles": cal.get("angles"), "impostors": cal.get("impostors"), "histogram": hist,
+                "loo_images": int(finite.sum()), "scored": int(np.isfinite(t.noise_score).sum())}
 
 
 def _list(summary: dict[str, Any], key: str) -> list[dict[str, Any]]:

@@ -129,13 +129,14 @@ def test_hdbscan_finds_groups_among_dropped_images():
     scattered = [axis(7), axis(9), axis(11), axis(13), toward(8, 12, 45), toward(10, 14, 45)]  # far from everything
     rows = cluster(0, 6) + cluster(3, 6) + first + second + scattered
     labels = np.array([0] * 6 + [1] * 6 + [0, 1] * 4 + [1] * 6 + [0, 1] * 3)
-    d = decide(np.stack(rows), labels, basis_centers(2), names=["ann", "bob"])
+    angle = PurifySettings(drop_rule="angle")  # 20 of 32 images are outliers here: the sub-center rule, not a calibration
+    d = decide(np.stack(rows), labels, basis_centers(2), angle, names=["ann", "bob"])
     assert d.outlier_group[12:26].tolist() == [0] * 8 + [1] * 6
     assert (d.outlier_group[:12] == -1).all() and (d.outlier_group[26:] == -1).all()
     assert [g["size"] for g in d.outlier_groups] == [8, 6]
     assert d.outlier_groups[0]["identities"] == {"ann": 4, "bob": 4} and d.outlier_groups[1]["identities"] == {"bob": 6}
     assert all(act(d, i) == "drop" for i in range(12, 32))
-    kept = decide(np.stack(rows), labels, basis_centers(2), PurifySettings(keep_outlier_groups=True), names=["ann", "bob"])
+    kept = decide(np.stack(rows), labels, basis_centers(2), PurifySettings(drop_rule="angle", keep_outlier_groups=True), names=["ann", "bob"])
     assert [act(kept, i) for i in range(12, 26)] == ["new-identity"] * 14
     assert kept.names[2:] == ["outlier-group-1", "outlier-group-2"]
     assert kept.new_label[12:26].tolist() == [2] * 8 + [3] * 6

@@ -3,17 +3,20 @@
 import numpy as np
 import pytest
 
+from cleanface.purify.calibration import MIN_ANGLES
 from cleanface.purify.clock import StageClock
 from cleanface.purify.codes import (
     DEDUP, DROP, KEEP, MERGE, NEW_IDENTITY, RELABEL, R_ANGLE, R_CLOSER, R_DUPLICATE, R_MERGED, R_NON_DOMINANT, R_NON_FINITE,
-    R_NONE, R_OUTLIER_GROUP, R_SPLIT,
+    R_NOISE_SCORE, R_NONE, R_OUTLIER_GROUP, R_SPLIT,
 )
 from cleanface.purify.naming import unique_name
 from cleanface.purify.rules import (
     analyse,
     apply_advice,
     apply_angle_drop,
+    apply_calibrated_drop,
     apply_dedup,
+    apply_drop,
     apply_merge,
     apply_outlier_groups,
     apply_relabel,
@@ -209,3 +212,113 @@ def test_members_by_group_unique_name_and_clock():
         clock.stage(name)
     assert seen == ["one", "two", "one", "done"] and set(clock.timings) == {"one", "two"}
     assert all(t >= 0 for t in clock.timings.values())
+
+
+# -- calibrated drop --------------------------------------------------------------------------------------------
+WIDE = 64  # room for 31 well-separated identities and their spare sub-centers
+
+
+def calibrated_rows(seed: int = 0, classes: int = 30, per: int = 8):
+    """``classes`` identities of ``per`` images 15-35 degrees around orthonormal directions, then 4 images each labelled
+    with one identity but lying around another's direction (rows ``classes*per`` on), then one lone image of an extra
+    identity and one NaN row. Sub-center 0 of each identity is its direction; 1 and 2 are spare orthonormal axes."""
+    rng = np.random.default_rng(seed)
+    q, _ = np.linalg.qr(rng.normal(size=(WIDE, WIDE)))
+    dirs = q[:, : classes + 1].T
+
+    def around(u, n):
+        g = rng.normal(size=(n, WIDE))
+        g -= (g @ u)[:, None] * u
+        g /= np.linalg.norm(g, axis=1, keepdims=True)
+        t = np.radians(rng.uniform(15, 35, size=(n, 1)))
+        return np.cos(t) * u + np.sin(t) * g
+
+    rows = [around(dirs[c], per) for c in range(classes)]
+    labels = list(np.repeat(np.arange(classes), per))
+    mislabelled = [(3, 17), (9, 0), (21, 5), (28, 12)]  # (label, the identity whose direction the image lies around)
+    rows += [around(dirs[true], 1) for _, true in mislabelled] + [around(dirs[classes], 1), np.full((1, WIDE), np.nan)]
+    labels += [lab for lab, _ in mislabelled] + [classes, 0]
+    spare = q[:, classes + 1 :]
+    centers = np.stack([np.stack([dirs[c], spare[:, 2 * c % spare.shape[1]], spare[:, (2 * c + 1) % spare.shape[1]]])
+                        for c in range(classes + 1)]).astype(np.float32)
+    return np.vstack(rows).astype(np.float32), np.array(labels), centers
+
+
+def test_calibrated_drop_finds_the_mislabelled_images():
+    x, labels, centers = calibrated_rows()
+    state = analyse(x, labels, centers)
+    apply_calibrated_drop(state, DEFAULTS)
+    planted, lone, bad = [240, 241, 242, 243], 244, 245
+    assert np.flatnonzero(state.action == DROP).tolist() == planted + [bad]
+    assert state.reason[planted].tolist() == [R_NOISE_SCORE] * 4 and state.reason[bad] == R_NON_FINITE
+    assert (state.reason[:240] == R_NONE).all() and state.action[lone] == KEEP and state.reason[lone] == R_NONE
+    cal = state.calibration
+    assert cal["used"] is True and cal["angles"] == 244 and cal["impostors"] == 245 * 4 and cal["cut"] == 0.5
+    assert cal["noise_rate"] == pytest.approx(4 / 244, abs=0.02) and cal["impostor_median"] == pytest.approx(90, abs=3)
+    assert np.nanmax(state.loo_angle[:240]) < cal["threshold"] < np.min(state.loo_angle[planted])
+    assert (state.noise_score[planted] > 0.5).all() and np.nanmax(state.noise_score[:240]) < 0.5
+    assert np.isnan(state.loo_angle[[lone, bad]]).all() and np.isnan(state.noise_score[[lone, bad]]).all()
+    assert np.isfinite(state.noise_score[:244]).all()
+    assert (state.new_label == labels).all()  # the drop rule moves no image
+
+
+def test_calibrated_drop_without_noise_drops_nothing_finite():
+    x, labels, centers = calibrated_rows(seed=1)
+    keep = np.r_[0:240, 244, 245]
+    state = analyse(x[keep], labels[keep], centers)
+    apply_drop(state, DEFAULTS)
+    assert state.calibration["used"] is True and state.calibration["noise_rate"] < 0.02
+    assert np.flatnonzero(state.action == DROP).tolist() == [241] and state.reason[241] == R_NON_FINITE
+
+
+def test_calibrated_drop_with_drop_non_dominant():
+    x, labels, centers = calibrated_rows()
+    # identity 0's sub-center 1 moved 30 degrees from its direction, and image 0 put 20 degrees toward it: nearest
+    # sub-center 1 (10 degrees), not the dominant 0, yet as close to the other images of identity 0 as a clean one
+    spare = centers[0, 1].astype(np.float64)
+    centers[0, 1] = np.cos(np.radians(30)) * centers[0, 0] + np.sin(np.radians(30)) * spare
+    x[0] = np.cos(np.radians(20)) * centers[0, 0] + np.sin(np.radians(20)) * spare
+    state = analyse(x, labels, centers)
+    assert np.flatnonzero(state.not_dominant[:240]).tolist() == [0]  # (of the mislabelled ones, some are too)
+    apply_calibrated_drop(state, PurifySettings(drop_non_dominant=True))
+    assert state.loo_angle[0] < state.calibration["threshold"] and state.action[0] == DROP and state.reason[0] == R_NON_DOMINANT
+    assert np.flatnonzero(state.action == DROP).tolist() == [0, 240, 241, 242, 243, 245]
+    assert state.reason[240:244].tolist() == [R_NOISE_SCORE] * 4 and state.reason[245] == R_NON_FINITE
+    plain = analyse(x, labels, centers)
+    apply_calibrated_drop(plain, DEFAULTS)
+    assert plain.action[0] == KEEP
+
+
+def test_a_higher_noise_cut_raises_the_calibrated_threshold():
+    x, labels, centers = calibrated_rows()
+    low, high = analyse(x, labels, centers), analyse(x, labels, centers)
+    apply_calibrated_drop(low, DEFAULTS)
+    apply_calibrated_drop(high, PurifySettings(noise_cut=0.9))
+    assert high.calibration["cut"] == 0.9 and high.calibration["threshold"] >= low.calibration["threshold"]
+    np.testing.assert_array_equal(high.noise_score, low.noise_score)
+
+
+def test_calibrated_drop_falls_back_to_the_angle_with_too_few_images():
+    rows = cluster(0, 4) + [toward(0, 20, 80), np.full(D, np.nan)]  # 5 finite images, one 80 degrees off: fewer than MIN_ANGLES
+    assert 5 < MIN_ANGLES
+    state = state_of(rows, [0] * 6, basis_centers(1), upto=[apply_calibrated_drop])
+    assert state.action.tolist() == [KEEP] * 4 + [DROP, DROP]
+    assert state.reason.tolist() == [R_NONE] * 4 + [R_ANGLE, R_NON_FINITE]
+    assert state.calibration["used"] is False
+    assert f"fewer than {MIN_ANGLES}" in state.calibration["reason"] and "75 degrees" in state.calibration["reason"]
+    assert np.isfinite(state.loo_angle[:5]).all() and np.isnan(state.loo_angle[5])  # measured, though not used
+    assert np.isnan(state.noise_score).all()
+    looser = state_of(rows, [0] * 6, basis_centers(1), settings=PurifySettings(threshold=85), upto=[apply_calibrated_drop])
+    assert looser.action.tolist() == [KEEP] * 5 + [DROP] and "85 degrees" in looser.calibration["reason"]
+
+
+def test_apply_drop_dispatches_on_the_drop_rule():
+    x, labels, centers = calibrated_rows()
+    angle = analyse(x, labels, centers)
+    apply_drop(angle, PurifySettings(drop_rule="angle"))
+    assert np.isnan(angle.loo_angle).all() and np.isnan(angle.noise_score).all() and angle.calibration == {}
+    assert not (angle.reason == R_NOISE_SCORE).any() and angle.reason[245] == R_NON_FINITE
+    assert (angle.reason[240:244] == R_ANGLE).all()  # near 90 degrees from their dominant sub-center
+    calibrated = analyse(x, labels, centers)
+    apply_drop(calibrated, DEFAULTS)
+    assert calibrated.calibration["used"] is True and (calibrated.reason[240:244] == R_NOISE_SCORE).all()

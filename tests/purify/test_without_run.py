@@ -169,7 +169,8 @@ def test_purify_without_a_run_drops_the_planted_noise_and_writes_everything(tmp_
     out = purify_from_embeddings(dataset, emb_dir, tmp_path / "clean", silent=True)
     rows = by_path(out, dataset)
     assert len(rows) == sum(COUNTS.values())
-    assert rows["ann/5.png"]["action"] == "drop" and rows["ann/5.png"]["reason"] == "angle above threshold"
+    assert rows["ann/5.png"]["action"] == "drop" and rows["ann/5.png"]["reason"] == "noise score above cut"
+    assert float(rows["ann/5.png"]["noise_score"]) >= 0.5 > max(float(r["noise_score"]) for r in rows.values() if r["noise_score"] and r["action"] == "keep")
     assert rows["bob/5.png"]["action"] == "relabel" and rows["bob/5.png"]["new_identity"] == "cy"
     assert rows["dee/4.png"]["reason"] == "non-finite embedding"
     assert {r["action"] for p, r in rows.items() if p not in ("ann/5.png", "bob/5.png", "dee/4.png")} == {"keep"}

@@ -15,5 +15,11 @@ def purify_dir(tmp_path: Path) -> Path:
 
 
 @pytest.fixture()
+def calibrated_purify_dir(tmp_path: Path) -> Path:
+    """A purify output of the calibrated drop rule: ``noise_score`` and ``loo_angle`` columns, ``calibration`` in the summary."""
+    return make_purify_dir(tmp_path, calibration="used")
+
+
+@pytest.fixture()
 def run_dir(tmp_path: Path) -> Path:
     return make_run_dir(tmp_path / "run")

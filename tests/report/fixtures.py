@@ -14,6 +14,11 @@ from PIL import Image
 
 COLUMNS = ("index", "location", "old_identity", "new_identity", "action", "reason", "angle", "nearest_subcenter",
            "dominant_subcenter", "best_other_identity", "best_other_angle")
+SCORE_COLUMNS = ("noise_score", "loo_angle")  # written since the calibrated drop rule
+CALIBRATION = {"used": True, "noise_rate": 0.2857, "clean_mean": 31.2, "clean_std": 8.4, "impostor_median": 84.0, "threshold": 56.5,
+               "cut": 0.5, "iterations": 37, "angles": 21, "impostors": 44}
+FALLBACK_REASON = ("fewer than 20 images with a leave-one-out mean or impostor angles; "
+                   "dropped above 65 degrees from the dominant sub-center instead")
 
 
 def write_images(root: Path, identities: dict[str, int], *, size: int = 32, seed: int = 0) -> list[tuple[str, Path]]:
@@ -32,8 +37,28 @@ def write_images(root: Path, identities: dict[str, int], *, size: int = 32, seed
     return out
 
 
-def make_purify_dir(tmp: Path, *, truth: bool = True) -> Path:
-    """A purify output directory: data/ of 4 identities (one with a '#' and a space), decisions, summary, run_info, truth."""
+def _scores(rows: list[list], calibration: str) -> None:
+    """Append ``noise_score`` and ``loo_angle`` cells to every row: small angles and scores for kept images, large for the rest.
+
+    ``calibration`` "used": distinct scores, rising with the angle; "fallback": angles only (the fit did not run: no scores).
+    """
+    rng = np.random.default_rng(2)
+    for r in rows:
+        if r[6] == "":
+            r += ["", ""]
+            continue
+        loo = rng.uniform(15, 45) if r[4] == "keep" else rng.uniform(60, 100)
+        score = 1 / (1 + math.exp(-(loo - CALIBRATION["threshold"]) / 4))
+        r += [f"{score:.6f}" if calibration == "used" else "", f"{loo:.4f}"]
+
+
+def make_purify_dir(tmp: Path, *, truth: bool = True, calibration: str | None = None) -> Path:
+    """A purify output directory: data/ of 4 identities (one with a '#' and a space), decisions, summary, run_info, truth.
+
+    ``calibration``: None for an output of the angle rule from before the calibrated one (no
+    ``noise_score`` / ``loo_angle`` columns, no ``drop_rule``); "used" or "fallback" for the
+    calibrated drop rule that ran (:data:`CALIBRATION`) or fell back (:data:`FALLBACK_REASON`).
+    """
     data = tmp / "noisy"
     people = {"alice": 7, "bob": 6, "carol #1": 5, "dave": 4}
     samples = write_images(data, people)
@@ -59,11 +84,13 @@ def make_purify_dir(tmp: Path, *, truth: bool = True) -> Path:
                   "merge": "identity merged", "new-identity": "outlier group"}[action]
         rows.append([i, str(path), name, new, action, reason, angle, nearest_text, dom_text, "bob" if action == "relabel" else "", ""])
         truth_rows.append([f"{name}/{path.name}", name, name, noise, ""])
+    if calibration is not None:
+        _scores(rows, calibration)
     clean = tmp / "clean"
     clean.mkdir()
     with open(clean / "decisions.csv", "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle, lineterminator="\n")
-        writer.writerow(COLUMNS)
+        writer.writerow(COLUMNS + (SCORE_COLUMNS if calibration is not None else ()))
         writer.writerows(rows)
     actions = {a: sum(r[4] == a for r in rows) for a in ("keep", "drop", "relabel", "merge", "dedup", "new-identity")}
     kept = sum(r[4] not in ("drop", "dedup") for r in rows)
@@ -77,6 +104,9 @@ def make_purify_dir(tmp: Path, *, truth: bool = True) -> Path:
         "duplicates": [{"a": 7, "b": 10, "cos": 0.991, "a_identity": "bob", "b_identity": "bob"}],
         "outlier_groups": [{"group": 0, "size": 2, "first_indices": [5, 16], "identities": {"alice": 1, "carol #1": 1}, "new_identity": "outlier-group-1"}],
     }
+    if calibration is not None:
+        cal = dict(CALIBRATION) if calibration == "used" else {"used": False, "reason": FALLBACK_REASON}
+        summary.update(drop_rule="calibrated", calibration=cal, calibrated_threshold=cal.get("threshold"))
     if truth:
         (data / "noise_truth.csv").write_text("path,true_identity,assigned_identity,noise_type,source\n"
                                               + "".join(",".join(r) + "\n" for r in truth_rows))

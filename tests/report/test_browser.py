@@ -53,6 +53,14 @@ def test_purify_report_pages_load_cleanly(chromium, purify_dir):
     assert _distinct_colours(shots["index.html"]) > 8
 
 
+def test_calibrated_purify_report_pages_load_cleanly(chromium, calibrated_purify_dir):
+    report = render_purify_report(calibrated_purify_dir).parent
+    for page in ("index.html", "pages/suspects-1.html"):
+        loaded = browser.load_page(report / page, width=1000, height=800)
+        assert loaded.console_errors == [] and loaded.network_requests == [] and loaded.failed == [], page
+    assert any("/thumbs/" in u for u in loaded.requests)  # the ranked faces are at the top of the list page
+
+
 def test_screenshot_helper_writes_a_png_of_the_asked_size(chromium, run_dir, tmp_path):
     from PIL import Image
 

@@ -7,6 +7,7 @@ import json
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from cleanface.errors import DataError
@@ -202,3 +203,144 @@ def test_images_are_read_from_the_given_dataset_by_sample_index(tmp_path, purify
     assert 'src="../thumbs/0/7.jpg"' in html and 'href="../../../noisy/bob/000.png"' in html
     assert "(unreadable)" not in html
     assert broken_links(report) == []
+
+
+# -- the calibrated drop rule ---------------------------------------------------------------
+
+
+def _scored(clean: Path) -> list[dict[str, str]]:
+    """Rows with a noise score, most suspect first (score, then leave-one-out angle, descending)."""
+    rows = [r for r in _rows(clean) if r["noise_score"] != ""]
+    return sorted(rows, key=lambda r: (-float(r["noise_score"]), -float(r["loo_angle"]), int(r["index"])))
+
+
+def _svg_titled(html: str, title: str) -> str:
+    start = html.index(title)
+    return html[html.rindex("<svg", 0, start):html.index("</svg>", start)]
+
+
+def test_calibrated_rule_shows_its_cards_sentence_and_histogram(calibrated_purify_dir):
+    index = render_purify_report(calibrated_purify_dir)
+    text, html = _text(index), index.read_text()
+    assert "drop rule calibrated" in text
+    assert "drop threshold (calibrated) 56.5\u00b0" in text and "estimated noise 28.6%" in text
+    assert "angle-rule threshold (fallback, not used) 65.0\u00b0" in text
+    assert "more typical of such an impostor pairing than of its own identity" in text and "No ground truth is used" in text
+    assert "clean angles 31.2\u00b0 \u00b1 8.4\u00b0" in text and "(21 angles, 44 impostor angles)" in text
+    loo = _svg_titled(html, "Angle to the mean of the identity&#x27;s other images by noise type")
+    assert "calibrated 56.5\u00b0" in loo
+    for kind in ("clean", "open-set", "close-set", "merged"):
+        assert f">{kind}</text>" in loo
+    finite = [r for r in _rows(calibrated_purify_dir) if r["loo_angle"] != ""]
+    assert sum(int(n) for n in re.findall(r": (\d+)</title></rect>", loo)) == len(finite)  # every loo_angle drawn once
+    old = _svg_titled(html, "Angle to the dominant sub-center by noise type")
+    assert "angle rule 65.0\u00b0" in old and "calibrated" not in old
+    assert f"{len(finite)} images with a leave-one-out angle, {len(_scored(calibrated_purify_dir))} with a noise score" in text
+    preview = re.findall(r'thumbs/0/(\d+)\.jpg', html.split("Most suspect images <span")[1])
+    assert [int(i) for i in preview] == [int(r["index"]) for r in _scored(calibrated_purify_dir)[:12]] and "All 21 \u2192" in text
+    assert broken_links(index.parent) == []
+
+
+def test_calibrated_rule_that_reached_no_threshold_says_so(calibrated_purify_dir):
+    summary = json.loads((calibrated_purify_dir / "summary.json").read_text())
+    summary["calibration"]["threshold"] = summary["calibrated_threshold"] = None
+    (calibrated_purify_dir / "summary.json").write_text(json.dumps(summary))
+    index = render_purify_report(calibrated_purify_dir)
+    text = _text(index)
+    assert "drop threshold (calibrated) none reached" in text and "no angle reached it, so this rule dropped nothing" in text
+    assert "calibrated 56.5" not in index.read_text()
+
+
+def test_most_suspect_list_ranks_images_by_noise_score(calibrated_purify_dir):
+    report = render_purify_report(calibrated_purify_dir, max_thumbs_per_page=5).parent
+    expected = _scored(calibrated_purify_dir)
+    assert len(expected) == 21  # 22 images, one without an embedding
+    shown, scores, ranks = [], [], []
+    for p in (1, 2, 3, 4, 5):  # 5 faces a page
+        html = (report / "pages" / f"suspects-{p}.html").read_text()
+        shown += [int(i) for i in re.findall(r'thumbs/0/(\d+)\.jpg', html)]
+        scores += [float(s) for s in re.findall(r'<td class="n">([01]\.\d{4})<td', html)]
+        ranks += [int(n) for n in re.findall(r'<tr><td class="n">(\d+)<td>', html)]
+    assert not (report / "pages" / "suspects-6.html").exists()
+    assert shown == [int(r["index"]) for r in expected]
+    assert scores == pytest.approx([float(r["noise_score"]) for r in expected], abs=5e-5) and scores == sorted(scores, reverse=True)
+    assert ranks == list(range(1, 22))
+    first = (report / "pages" / "suspects-1.html").read_text()
+    assert f"noise {float(expected[0]['noise_score']):.2f}</figure>" in first  # the caption carries the score
+    assert "The 21 highest noise scores of 21 scored images" in _text(report / "pages" / "suspects-1.html")
+    index = report / "index.html"
+    assert "Most suspect images (21)" in _text(index)
+    preview = [int(i) for i in re.findall(r'thumbs/0/(\d+)\.jpg', index.read_text().split("Most suspect images <span")[1])]
+    assert preview == [int(r["index"]) for r in expected[:5]]  # the preview is the head of the first page
+    assert broken_links(report) == []
+
+
+def test_most_suspect_list_is_capped(calibrated_purify_dir, monkeypatch):
+    from cleanface.report import purify as purify_report
+
+    monkeypatch.setattr(purify_report, "MOST_SUSPECT", 3)
+    report = render_purify_report(calibrated_purify_dir).parent
+    html = (report / "pages" / "suspects-1.html").read_text()
+    assert [int(i) for i in re.findall(r'thumbs/0/(\d+)\.jpg', html)] == [int(r["index"]) for r in _scored(calibrated_purify_dir)[:3]]
+    assert "The 3 highest noise scores of 21 scored images" in _text(report / "pages" / "suspects-1.html")
+
+
+def test_captions_show_the_noise_score_when_there_is_one(calibrated_purify_dir):
+    report = render_purify_report(calibrated_purify_dir).parent
+    rows = _rows(calibrated_purify_dir)
+    bob = (report / "identities" / "1.html").read_text()  # bob: samples 7..12, sample 12 without an angle or score
+    for r in rows[7:12]:
+        assert f"{float(r['angle']):.1f}\u00b0 " in bob and f" noise {float(r['noise_score']):.2f}</figure>" in bob
+    assert "no angle kept</figure>" in bob
+    relabel = next(r for r in rows if r["action"] == "relabel")
+    assert f"relabelled \u2192 bob noise {float(relabel['noise_score']):.2f}" in (report / "identities" / "0.html").read_text()
+
+
+def test_fallen_back_calibration_shows_its_reason_and_no_scores(tmp_path):
+    from .fixtures import FALLBACK_REASON, make_purify_dir
+
+    clean = make_purify_dir(tmp_path, calibration="fallback")
+    index = render_purify_report(clean)
+    text, html = _text(index), index.read_text()
+    assert f"The calibrated drop rule fell back to the angle rule: {FALLBACK_REASON}." in text
+    assert "drop rule calibrated \u2192 angle" in text and "angle threshold used (calibration fell back) 65.0\u00b0" in text
+    assert "drop threshold (calibrated)" not in text and "estimated noise" not in text
+    loo = _svg_titled(html, "Angle to the mean of the identity&#x27;s other images")
+    assert "calibrated" not in loo  # no threshold to mark
+    assert "Most suspect images" not in html and not (index.parent / "pages" / "suspects-1.html").exists()
+    assert broken_links(index.parent) == []
+
+
+def test_old_decisions_without_scores_render_without_the_calibrated_parts(purify_dir):
+    from cleanface.report.decisions_table import read_decisions
+
+    table = read_decisions(purify_dir / "decisions.csv")
+    assert table.noise_score.shape == table.loo_angle.shape == (len(table),) and len(table) == 22
+    assert np.isnan(table.noise_score).all() and np.isnan(table.loo_angle).all()
+    report = render_purify_report(purify_dir).parent
+    text, html = _text(report / "index.html"), (report / "index.html").read_text()
+    assert "angle threshold used (angle rule) 65.0\u00b0" in text and "threshold 65.0\u00b0" in html
+    for absent in ("drop rule", "drop threshold (calibrated)", "estimated noise", "Calibrated drop rule",
+                   "other images", "Most suspect images"):
+        assert absent not in text, absent
+    assert not (report / "pages" / "suspects-1.html").exists()
+    assert all(" noise " not in page.read_text() for page in (report / "identities").iterdir())
+    assert broken_links(report) == []
+
+
+def test_decisions_with_scores_are_read_and_bad_scores_are_one_line_errors(calibrated_purify_dir):
+    from cleanface.errors import DataError
+    from cleanface.report.decisions_table import read_decisions
+
+    rows = _rows(calibrated_purify_dir)
+    table = read_decisions(calibrated_purify_dir / "decisions.csv")
+    for r, score, loo in zip(rows, table.noise_score, table.loo_angle):
+        assert (np.isnan(score) if r["noise_score"] == "" else score == pytest.approx(float(r["noise_score"]), abs=1e-6))
+        assert (np.isnan(loo) if r["loo_angle"] == "" else loo == pytest.approx(float(r["loo_angle"]), abs=1e-4))
+    rows[3]["noise_score"] = "high"
+    with open(calibrated_purify_dir / "decisions.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    with pytest.raises(DataError, match="line 5: unreadable .*noise score"):
+        read_decisions(calibrated_purify_dir / "decisions.csv")

@@ -81,3 +81,11 @@ def test_report_of_a_real_purify_output(purified):
     assert "by noise type" in html  # truth joined through run_info.json
     if summary["actions"].get("relabel"):
         assert "Relabel moves ({})".format(summary["actions"]["relabel"]) in text
+    calibration = summary.get("calibration") or {}
+    if calibration.get("used"):
+        threshold = calibration.get("threshold")
+        assert "drop threshold (calibrated) " + ("none reached" if threshold is None else f"{threshold:.1f}\u00b0") in text
+        assert f"estimated noise {100 * calibration['noise_rate']:.1f}%" in text
+        assert (index.parent / "pages" / "suspects-1.html").is_file()
+    elif summary.get("drop_rule") == "calibrated":
+        assert f"fell back to the angle rule: {calibration['reason']}" in text
