@@ -402,15 +402,38 @@ def step_accuracy(dataset: str, arms: list[str], seeds: list[int], rate: float, 
             if arm == "noisy":
                 data = rate_dir / "noisy"
             elif arm == "cleanface":
-                data = rate_dir / "purify" / "data"
+                data = rate_dir / "purify" / "data"  # purify's angle rule (the default before issue 16)
+            elif arm == "calibrated":
+                data = rate_dir / "purify_r2" / "data"  # the calibrated rule, 2 rounds (benchmarks/cleaning_ablation.py rounds)
+            elif arm == "calibrated1":
+                data = rate_dir / "purify_r2" / "rounds" / "round-1" / "data"  # its first round alone
             elif arm == "clean":
                 data = out / "pool.npz"
+            elif arm == "best-baseline":
+                data = best_baseline_set(rate_dir)
             else:
                 data = rate_dir / f"cleaned_pretrained_{arm}.npz"
                 if not data.is_file():
                     index = open_dataset(rate_dir / "noisy", silent=True)
                     index.subset(np.flatnonzero(~named[choice[arm]]), renumber=True).save(data)
             ln.accuracy_arm(args, DATA[dataset], arm, seed, data, timings, **where)
+
+
+def best_baseline_set(rate_dir: Path) -> Path:
+    """The noisy set minus the flags of the baseline with the best F1 in ``ablation.json`` (benchmarks/cleaning_ablation.py)."""
+    from cleanface.data.open import open_dataset
+
+    res = ln.read_json(rate_dir / "ablation.json")
+    if not res:
+        sys.exit(f"{rate_dir}: run benchmarks/cleaning_ablation.py baselines and compare first")
+    best = max((m for m in res["methods"] if m.startswith("baseline ")), key=lambda m: res["methods"][m]["overall"]["f1"])
+    name = best.split(" ", 1)[1]
+    path = rate_dir / f"cleaned_baseline_{name}.npz"
+    if not path.is_file():
+        flags = np.load(rate_dir / "baselines.npz")[name.replace("-", "_")]
+        open_dataset(rate_dir / "noisy", silent=True).subset(np.flatnonzero(~flags), renumber=True).save(path)
+    ln.log(f"best baseline at {rate_dir.name}: {name} (F1 {res['methods'][best]['overall']['f1']:.3f})")
+    return path
 
 
 def step_render() -> str:
@@ -465,7 +488,7 @@ def main() -> None:
     p.add_argument("--rate", type=float, default=0.2)
     p.add_argument("--noise-seed", type=int, default=1)
     p.add_argument("--epochs", type=int, default=6)
-    p.add_argument("--arms", default="noisy,cleanface,clean,dlib,or", help="accuracy: training sets (noisy, cleanface, clean, dlib, or, and, concat)")
+    p.add_argument("--arms", default="noisy,cleanface,clean,dlib,or", help="accuracy: training sets (noisy, cleanface, calibrated, calibrated1, best-baseline, clean, dlib, or, and, concat)")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--lfw-threshold", type=float, default=None, help="a LOO-mean threshold chosen on LFW, reported unchanged (use on CelebA only)")
     args = p.parse_args()

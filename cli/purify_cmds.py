@@ -20,6 +20,7 @@ from cleanface.purify.settings import DROP_RULES, PurifySettings
 from cleanface_cli._common import console, handle_errors, no_report_option, render_report_after, silent_option
 
 _DEFAULTS = PurifySettings()
+DEFAULT_ROUNDS = 2  # with a run: BENCHMARKS.md, "Which signal finds the noise" (F1 higher at 5 of 6 real noisy sets)
 
 
 @click.command("purify")
@@ -31,9 +32,10 @@ _DEFAULTS = PurifySettings()
                    "dominant sub-center.")
 @click.option("--noise-cut", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=_DEFAULTS.noise_cut, show_default=True,
               help="calibrated rule: drop images whose estimated probability of a wrong label is at least this.")
-@click.option("--rounds", type=click.IntRange(1, 5), default=1, show_default=True,
+@click.option("--rounds", type=click.IntRange(1, 5), default=None,
               help="With RUN: after each round, train a new model (RUN's settings) on the images it kept and score the whole "
-                   "input again; the rounds are kept in OUT/rounds.")
+                   "input again; the rounds are kept in OUT/rounds. Default: 2 with RUN (it costs one more training), 1 with "
+                   "--embeddings.")
 @click.option("--threshold", type=click.FloatRange(0, 180), default=_DEFAULTS.threshold, show_default=True,
               help="angle rule (and the fallback of the calibrated one): drop images more than this many degrees from their "
                    "identity's dominant sub-center.")
@@ -74,7 +76,7 @@ _DEFAULTS = PurifySettings()
 @silent_option
 @handle_errors
 def purify_cmd(
-    inputs: tuple[str, ...], out: str, drop_rule: str, noise_cut: float, rounds: int, threshold: float, relabel: bool, relabel_angle: float, relabel_margin: float,
+    inputs: tuple[str, ...], out: str, drop_rule: str, noise_cut: float, rounds: int | None, threshold: float, relabel: bool, relabel_angle: float, relabel_margin: float,
     merge: bool, merge_angle: float, split: bool, dedup: bool, drop_non_dominant: bool, keep_outlier_groups: bool,
     fmt: str, embeddings: str | None, paths: str | None, k: int | None, truth: str | None, overwrite: bool, copy: bool, device: str,
     no_sanity_check: bool, no_report: bool, silent: bool,
@@ -102,6 +104,8 @@ def purify_cmd(
         merge_angle=merge_angle, split=split, dedup=dedup, drop_non_dominant=drop_non_dominant, keep_outlier_groups=keep_outlier_groups,
         sanity_check=not no_sanity_check,
     )
+    if rounds is None:
+        rounds = DEFAULT_ROUNDS if run is not None and embeddings is None else 1
     if rounds > 1:
         if run is None or embeddings is not None:
             raise click.UsageError("--rounds needs a training run RUN to re-train, and embeds with each round's model (no --embeddings)")

@@ -9,7 +9,8 @@ the previous round dropped were never trained on, so the new model scores them a
 faces, and clean images dropped by mistake can come back.
 
 Everything a round writes stays for audit under ``OUT/rounds/`` (``round-1/`` purify
-outputs, ``run-2/`` training runs, ``kept-1.npz`` the training index); while the rounds
+outputs, ``run-2/`` training runs without their resume checkpoints, ``kept-1.npz`` the
+training index); while the rounds
 run it lives beside ``OUT`` in ``OUT.rounds/``, and each finished step is skipped when the
 same command runs again (an interrupted run resumes).
 """
@@ -22,9 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
-from cleanface._atomic import check_output_dir, is_complete, remove_path
+from cleanface._atomic import RunLock, check_output_dir, is_complete, remove_path
 from cleanface.data.open import open_dataset
-from cleanface.errors import ConfigError
+from cleanface.errors import CleanfaceError, ConfigError
 from cleanface.purify.reference import reference_weights
 from cleanface.purify.runner import match_run, purify, read_run_names
 from cleanface.purify.settings import PurifySettings
@@ -66,21 +67,39 @@ def purify_in_rounds(
     if rounds == 1:
         return purify(run_dir, data, out, fmt=fmt, overwrite=overwrite, **kwargs)
     work = Path(f"{out}{WORK_SUFFIX}")
-    if is_complete(out) and not overwrite and work.is_dir():  # interrupted after the last round, before the move
-        os.replace(work, out / "rounds")
-        return out
-    check_output_dir(out, overwrite=overwrite)  # refused before any round, not after them
-    if overwrite:
-        remove_path(work)
-    run, reference = Path(run_dir), None
+    with RunLock.beside(out):  # a second purify into the same output is refused while the rounds run (re-entrant for purify)
+        if is_complete(out) and not overwrite and work.is_dir():  # interrupted after the last round, before the move
+            _move_into(work, out)
+            return out
+        check_output_dir(out, overwrite=overwrite)  # refused before any round, not after them
+        if overwrite:
+            remove_path(work)
+        try:
+            _rounds(Path(run_dir), data, out, work, rounds, fmt, overwrite, kwargs)
+        except CleanfaceError:
+            if not any(is_complete(d) for d in work.glob("round-*")):
+                remove_path(work)  # refused before any round finished: nothing is left behind
+            raise
+        _move_into(work, out)
+    return out
+
+
+def _rounds(run_dir: Path, data: str | os.PathLike, out: Path, work: Path, rounds: int, fmt: str, overwrite: bool, kwargs: dict) -> None:
+    """Rounds 1..rounds-1 into ``work`` (each finished step skipped), then the last one into ``out``."""
+    run, reference = run_dir, None
     for r in range(1, rounds):
         target = work / f"round-{r}"
         if not is_complete(target):
             purify(run, data, target, overwrite=True, reference=reference, **kwargs)
         training = kept_index(data, run_dir, target, work / f"kept-{r}.npz")
         run = work / f"run-{r + 1}"
-        train(training, run, resume=True, silent=silent, **{**round_train_settings(run_dir), "device": device})
+        train(training, run, resume=True, silent=kwargs["silent"], **{**round_train_settings(run_dir), "device": kwargs["device"]})
         reference = target
     purify(run, data, out, fmt=fmt, overwrite=overwrite, reference=reference, **kwargs)
+
+
+def _move_into(work: Path, out: Path) -> None:
+    """Move the finished rounds into ``out/rounds``, without the round runs' resume checkpoints (their model.pt stays)."""
+    for checkpoints in work.glob("run-*/checkpoints"):
+        remove_path(checkpoints)
     os.replace(work, out / "rounds")
-    return out

@@ -216,7 +216,7 @@ def test_cli_purify_and_its_errors(tmp_path, dataset, fake_run):
     from cleanface_cli.main import cli
 
     runner_ = CliRunner()
-    result = runner_.invoke(cli, ["purify", str(fake_run.dir), str(dataset), "--out", str(tmp_path / "clean"), "--silent",
+    result = runner_.invoke(cli, ["purify", str(fake_run.dir), str(dataset), "--out", str(tmp_path / "clean"), "--silent", "--rounds", "1",
                                   "--truth", str(dataset / "noise_truth.csv"), "--threshold", "70", "--no-relabel"])
     assert result.exit_code == 0, result.output
     assert "20 -> 17" in result.output and "P / R / F1" in result.output
@@ -227,6 +227,7 @@ def test_cli_purify_and_its_errors(tmp_path, dataset, fake_run):
     assert result.exit_code == 1
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and "trained on 1 identities" in lines[0]
+    assert not (tmp_path / "other.rounds").exists()  # the default two rounds refused in the first: nothing left behind
     help_text = runner_.invoke(cli, ["purify", "--help"]).output
     assert "--keep-outlier-groups" in help_text and "Clean DATA" in help_text
 
@@ -296,12 +297,12 @@ def test_purify_command_renders_the_report_after_the_output_is_complete(tmp_path
     from cleanface_cli.main import cli
 
     runner_ = CliRunner()
-    quiet = runner_.invoke(cli, ["purify", str(fake_run.dir), str(dataset), "--out", str(tmp_path / "quiet"), "--no-report", "--silent"])
+    quiet = runner_.invoke(cli, ["purify", str(fake_run.dir), str(dataset), "--out", str(tmp_path / "quiet"), "--no-report", "--silent", "--rounds", "1"])
     assert quiet.exit_code == 0, quiet.output
     assert (tmp_path / "quiet" / "COMPLETE").is_file() and not (tmp_path / "quiet" / "report").exists()
-    again = runner_.invoke(cli, ["purify", str(fake_run.dir), str(dataset), "--out", str(tmp_path / "quiet"), "--silent"])
+    again = runner_.invoke(cli, ["purify", str(fake_run.dir), str(dataset), "--out", str(tmp_path / "quiet"), "--silent", "--rounds", "1"])
     assert again.exit_code == 1 and f"cleanface report {tmp_path / 'quiet'}" in again.output  # complete, report missing: says how to finish
-    full = runner_.invoke(cli, ["purify", str(fake_run.dir), str(dataset), "--out", str(tmp_path / "full"), "--silent"])
+    full = runner_.invoke(cli, ["purify", str(fake_run.dir), str(dataset), "--out", str(tmp_path / "full"), "--silent", "--rounds", "1"])
     assert full.exit_code == 0, full.output
     assert (tmp_path / "full" / "report" / "index.html").is_file() and "report:" in full.output
 
