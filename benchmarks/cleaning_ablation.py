@@ -124,8 +124,9 @@ def step_compare(dataset: str, rate: float) -> dict:
         emb, index, centers, PurifySettings(drop_rule="angle"))
     adv = old.advice.get("threshold")
     if adv is not None:
-        key = f"sub-center angle > advised ({adv:.1f}°)"
+        key = "sub-center angle > advised (two-Gaussian)"
         _, flags[key], cpu[key] = timed_decide(emb, index, centers, PurifySettings(drop_rule="angle", threshold=float(adv)))
+        extra["advised_threshold"] = round(float(adv), 2)
     new, flags["LOO-mean angle, calibrated (default, 1 round)"], cpu["LOO-mean angle, calibrated (default, 1 round)"] = timed_decide(
         emb, index, centers, PurifySettings())
     extra["calibration"] = new.calibration

@@ -14,6 +14,8 @@ gets: the sanity check refusing a collapsed model, or a cleaned set). Results in
 ``OUT/collapse.json``.
 
     python benchmarks/collapse.py --out bench-out/collapse --per 240 --epochs 12
+    python benchmarks/collapse.py --source lfw --epochs 20      # LFW people with >= 40 images (19), 10% noise
+    python benchmarks/collapse.py --source celeba --epochs 6    # the CelebA 20% noisy set (177 identities)
 """
 
 from __future__ import annotations
@@ -67,7 +69,7 @@ def main() -> None:
     p.add_argument("--per", type=int, default=240, help="faces per identity")
     p.add_argument("--epochs", type=int, default=12)
     p.add_argument("--arms", default="published,default")
-    p.add_argument("--source", choices=("synthetic", "lfw"), default="synthetic")
+    p.add_argument("--source", choices=("synthetic", "lfw", "celeba"), default="synthetic")
     args = p.parse_args()
     import torch
 
@@ -78,8 +80,12 @@ def main() -> None:
 
     torch.set_num_threads(1)
     out = Path(args.out)
-    tag = f"{args.source}_{args.per}" if args.source == "synthetic" else "lfw40"
+    tag = {"synthetic": f"synthetic_{args.per}", "lfw": "lfw40", "celeba": "celeba20"}[args.source]
     noisy = out / f"noisy_{tag}"
+    if args.source == "celeba":  # the 20% CelebA noisy set of pretrained_noise.py: 177 identities x about 28 faces
+        noisy = REPO / "bench-out" / "celeba_noise" / "rate_20" / "noisy"
+        if not (noisy / "noise.json").is_file():
+            sys.exit(f"{noisy} not found: run `python benchmarks/pretrained_noise.py build --dataset celeba` first")
     if not (noisy / "noise.json").is_file():
         if args.source == "synthetic":
             faces = out / f"faces_{args.per}"
@@ -90,7 +96,7 @@ def main() -> None:
             everyone = open_dataset(REPO.parent / "shared" / "data" / "lfw" / "images_deepfunneled", silent=True)
             index = everyone.subset(np.flatnonzero(everyone.counts()[everyone.labels] >= 40))
         inject_noise(index, noisy, close_set=0.1, seed=0, overwrite=True)
-    crop = None if args.source == "synthetic" else 128
+    crop = 128 if args.source == "lfw" else None
     result = ln.read_json(out / "collapse.json") or {}
     for arm in args.arms.split(","):
         run = out / f"{arm}_{tag}_e{args.epochs}"

@@ -223,11 +223,11 @@ def test_cli_purify_and_its_errors(tmp_path, dataset, fake_run):
     summary = json.loads((tmp_path / "clean" / "summary.json").read_text())
     assert summary["settings"]["threshold"] == 70 and summary["settings"]["relabel"] is False
     (fake_run.dir / "identities.txt").write_text("ann\n")
-    result = runner_.invoke(cli, ["purify", str(fake_run.dir), str(dataset), "--out", str(tmp_path / "other"), "--silent"])
+    result = runner_.invoke(cli, ["purify", str(fake_run.dir), str(dataset), "--out", str(tmp_path / "other"), "--silent", "--rounds", "2"])
     assert result.exit_code == 1
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and "trained on 1 identities" in lines[0]
-    assert not (tmp_path / "other.rounds").exists()  # the default two rounds refused in the first: nothing left behind
+    assert not (tmp_path / "other.rounds").exists()  # two rounds refused in the first: nothing left behind
     help_text = runner_.invoke(cli, ["purify", "--help"]).output
     assert "--keep-outlier-groups" in help_text and "Clean DATA" in help_text
 

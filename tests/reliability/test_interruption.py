@@ -148,7 +148,7 @@ def test_killed_embed_resumes_to_identical_bytes(sub_run, tiny_faces, tmp_path):
 
 def test_killed_purify_resumes_to_identical_bytes(sub_run, tiny_faces, tmp_path):
     out = tmp_path / "work" / "clean"
-    args = ["purify", sub_run, tiny_faces, "--out", out, "--silent", "--format", "manifest"]
+    args = ["purify", sub_run, tiny_faces, "--out", out, "--silent", "--format", "manifest", "--rounds", "2"]
     ref = cleanface(args, log=tmp_path / "ref.log")
     assert ref.returncode == 0, ref.output
     assert ref.events.index("replace clean") < ref.events.index("replace report")  # the report is rendered once the output is complete
@@ -165,7 +165,7 @@ def test_killed_purify_resumes_to_identical_bytes(sub_run, tiny_faces, tmp_path)
     ref_files, files = _files(ref_out, skip=timed), _files(out, skip=timed)
     assert sorted(files) == sorted(ref_files)
     assert len(files) > 30 and "report/index.html" in files and "manifest.csv" in files
-    assert "rounds/run-2/model.pt" in files and "rounds/round-1/decisions.csv" in files  # the default two rounds, resumed too
+    assert "rounds/run-2/model.pt" in files and "rounds/round-1/decisions.csv" in files  # two rounds, resumed too
     for name in ref_files:
         assert files[name] == ref_files[name], name
     _no_temporaries(out)
