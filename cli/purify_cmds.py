@@ -171,6 +171,8 @@ def summary_table(summary: dict) -> Table:
         cut = calibration["threshold"]
         table.add_row("drop threshold (calibrated)", f"{'none reached' if cut is None else f'{cut:.1f}°'} to the other images' mean, "
                       f"estimated noise {calibration['noise_rate']:.1%}")
+        if calibration.get("warning"):
+            table.add_row("[yellow]warning[/yellow]", calibration["warning"])
     else:
         advised = summary.get("advised_threshold")
         table.add_row("threshold (advised)", f"{summary['threshold']:g} ({'n/a' if advised is None else f'{advised:.1f}'})")

@@ -40,6 +40,9 @@ from cleanface.purify.settings import PurifySettings
 from cleanface.purify.signals import impostor_angles, loo_mean_angle
 
 
+HIGH_NOISE_RATE = 0.5  # above this estimated noise rate the calibrated rule warns (CelebA at 40% noise: 0.77)
+
+
 @dataclass
 class DecisionState:
     """What the rules share; per-sample arrays (N,), per-identity arrays (C,).
@@ -203,6 +206,10 @@ def apply_calibrated_drop(state: DecisionState, settings: PurifySettings) -> Non
         apply_angle_drop(state, settings)
         return
     state.calibration = {"used": True, **cal.to_dict()}
+    if cal.noise_rate > HIGH_NOISE_RATE:
+        state.calibration["warning"] = (
+            f"{cal.noise_rate:.0%} of the images look like impostors: the model may not tell these identities apart "
+            "(train longer or start from a pretrained model), so many drops may be clean; review the most suspect list")
     if state.centre_weights is not None:
         state.calibration["centre_members"] = int((state.centre_weights > 0).sum())  # images an earlier round kept
     finite = state.finite

@@ -5,7 +5,7 @@ trained on: a mislabelled image pulls its identity's sub-centers towards itself.
 mean of the *other* images of an identity is free of that pull, and on real faces it
 ranks noise much better (LFW at 20% noise, cleanface's own model: ROC AUC 0.95 for the
 angle to the leave-one-out identity mean against 0.86 for the angle to the dominant
-sub-center; BENCHMARKS.md, "Calibrated noise scores").
+sub-center; BENCHMARKS.md, "Which signal finds the noise").
 
 * :func:`identity_sums`: the (weighted) sum of each identity's unit embeddings;
 * :func:`loo_mean_angle`: each image's angle to the mean of the other images of its identity;

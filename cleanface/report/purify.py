@@ -440,7 +440,8 @@ class _PurifyPages:
                 title="Angle to the mean of the identity's other images" + (" by noise type" if noise is not None else ""),
                 x_label="angle (degrees)", width=760, height=300))
         numbers = {k: _float(cal.get(k)) for k in ("noise_rate", "clean_mean", "clean_std", "impostor_median", "cut")}
-        return {"rule": rule, "used": used, "reason": None if used else cal.get("reason"), "threshold": threshold, "threshold_label": label,
+        return {"rule": rule, "used": used, "reason": None if used else cal.get("reason"), "warning": cal.get("warning") if used else None,
+                "threshold": threshold, "threshold_label": label,
                 **numbers, "angles": cal.get("angles"), "impostors": cal.get("impostors"), "histogram": hist,
                 "loo_images": int(finite.sum()), "scored": int(np.isfinite(t.noise_score).sum())}
 

@@ -322,3 +322,15 @@ def test_apply_drop_dispatches_on_the_drop_rule():
     calibrated = analyse(x, labels, centers)
     apply_drop(calibrated, DEFAULTS)
     assert calibrated.calibration["used"] is True and (calibrated.reason[240:244] == R_NOISE_SCORE).all()
+
+
+def test_the_calibrated_rule_warns_when_most_images_look_like_impostors():
+    from cleanface.purify.rules import HIGH_NOISE_RATE
+
+    rows, labels, centers = calibrated_rows()
+    calm = state_of(list(rows), labels, centers, upto=[apply_calibrated_drop])
+    assert calm.calibration["used"] and "warning" not in calm.calibration
+    shuffled = np.random.default_rng(4).permutation(labels[:240])  # every label scrambled: most images look wrong
+    noisy = state_of(list(rows[:240]), shuffled, centers[:30], upto=[apply_calibrated_drop])
+    assert noisy.calibration["used"] and noisy.calibration["noise_rate"] > HIGH_NOISE_RATE
+    assert "look like impostors" in noisy.calibration["warning"]

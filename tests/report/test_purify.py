@@ -344,3 +344,14 @@ def test_decisions_with_scores_are_read_and_bad_scores_are_one_line_errors(calib
         writer.writerows(rows)
     with pytest.raises(DataError, match="line 5: unreadable .*noise score"):
         read_decisions(calibrated_purify_dir / "decisions.csv")
+
+
+def test_a_calibration_that_warns_says_so_on_the_index(calibrated_purify_dir):
+    quiet = render_purify_report(calibrated_purify_dir).read_text()
+    assert "Warning:" not in quiet
+    path = calibrated_purify_dir / "summary.json"
+    summary = json.loads(path.read_text())
+    summary["calibration"]["warning"] = "77% of the images look like impostors: review the most suspect list"
+    path.write_text(json.dumps(summary))
+    loud = render_purify_report(calibrated_purify_dir).read_text()
+    assert "<b>Warning:</b> 77% of the images look like impostors" in loud
