@@ -190,12 +190,9 @@ def class_means(emb: np.ndarray, labels: np.ndarray, num_classes: int) -> np.nda
 
 def loo_angle(emb: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
     """Degrees from each image to the mean of the other images of its identity (180 for a lone image)."""
-    sums = np.zeros((num_classes, emb.shape[1]), dtype=np.float64)
-    np.add.at(sums, labels, emb)
-    rest = sums[labels] - emb
-    norm = np.linalg.norm(rest, axis=1)
-    cos = np.einsum("nd,nd->n", emb, rest) / np.maximum(norm, 1e-12)
-    return np.where(norm > 1e-9, np.degrees(np.arccos(np.clip(cos, -1, 1))), 180.0)
+    from cleanface.purify.signals import loo_mean_angle
+
+    return np.nan_to_num(loo_mean_angle(emb, labels, num_classes)[0], nan=180.0)
 
 
 def kmeans_centers(emb: np.ndarray, labels: np.ndarray, num_classes: int, k: int) -> np.ndarray | None:

@@ -177,12 +177,16 @@ def apply_angle_drop(state: DecisionState, settings: PurifySettings) -> None:
     strictly above the threshold), R_NON_DOMINANT (with ``drop_non_dominant``: nearest
     sub-center not the dominant one, angle within the threshold) and R_NON_FINITE.
     """
-    finite = state.finite
-    over = finite & drop_by_angle(state.angle, settings.threshold)
+    over = state.finite & drop_by_angle(state.angle, settings.threshold)
     state.mark(over, DROP, R_ANGLE)
+    _drop_the_rest(state, settings, over)
+
+
+def _drop_the_rest(state: DecisionState, settings: PurifySettings, over: np.ndarray) -> None:
+    """After a drop rule marked ``over``: non-dominant images (with ``drop_non_dominant``), then non-finite ones."""
     if settings.drop_non_dominant:
-        state.mark(finite & state.not_dominant & ~over, DROP, R_NON_DOMINANT)
-    state.mark(~finite, DROP, R_NON_FINITE)
+        state.mark(state.finite & state.not_dominant & ~over, DROP, R_NON_DOMINANT)
+    state.mark(~state.finite, DROP, R_NON_FINITE)
 
 
 def apply_calibrated_drop(state: DecisionState, settings: PurifySettings) -> None:
@@ -212,12 +216,9 @@ def apply_calibrated_drop(state: DecisionState, settings: PurifySettings) -> Non
             "(train longer or start from a pretrained model), so many drops may be clean; review the most suspect list")
     if state.centre_weights is not None:
         state.calibration["centre_members"] = int((state.centre_weights > 0).sum())  # images an earlier round kept
-    finite = state.finite
-    over = finite & (np.nan_to_num(scores, nan=0.0) >= settings.noise_cut)
+    over = state.finite & (np.nan_to_num(scores, nan=0.0) >= settings.noise_cut)
     state.mark(over, DROP, R_NOISE_SCORE)
-    if settings.drop_non_dominant:
-        state.mark(finite & state.not_dominant & ~over, DROP, R_NON_DOMINANT)
-    state.mark(~finite, DROP, R_NON_FINITE)
+    _drop_the_rest(state, settings, over)
 
 
 def apply_drop(state: DecisionState, settings: PurifySettings) -> None:

@@ -21,16 +21,17 @@ from __future__ import annotations
 
 import numpy as np
 
+from cleanface.purify.analysis import cos_to_degrees, unit_rows
+
 CHUNK = 65_536
 IMPOSTOR_SAMPLE = 200_000  # images whose impostor angles are measured, at most
 IMPOSTORS_PER_IMAGE = 4
 
 
 def _unit(block: np.ndarray) -> np.ndarray:
-    x = np.asarray(block, dtype=np.float32)
-    with np.errstate(invalid="ignore", over="ignore"):  # non-finite rows stay non-finite; callers mask them
-        norm = np.linalg.norm(x, axis=1, keepdims=True)
-        return x / np.where(norm > 0, norm, 1.0)
+    """float32 unit rows of one chunk (non-finite rows stay non-finite; callers mask them)."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        return unit_rows(block, dtype=np.float32)
 
 
 def identity_sums(embeddings: np.ndarray, labels: np.ndarray, num_classes: int, weights: np.ndarray | None = None, *,
@@ -69,7 +70,7 @@ def loo_mean_angle(embeddings: np.ndarray, labels: np.ndarray, num_classes: int,
         norm = np.linalg.norm(rest, axis=1)
         cos = np.einsum("nd,nd->n", np.nan_to_num(x), rest) / np.where(norm > 0, norm, 1.0)
         ok = finite & (norm > 1e-6)
-        out[lo : lo + chunk] = np.where(ok, np.degrees(np.arccos(np.clip(cos, -1.0, 1.0))), np.nan)
+        out[lo : lo + chunk] = np.where(ok, cos_to_degrees(cos), np.nan)
     return out, sums
 
 
@@ -101,5 +102,5 @@ def impostor_angles(embeddings: np.ndarray, labels: np.ndarray, sums: np.ndarray
         finite = np.isfinite(x).all(axis=1)
         o = other[lo : lo + chunk][finite]
         cos = np.einsum("nd,nkd->nk", x[finite], sums[o] / norm[o][..., None])
-        out.append(np.degrees(np.arccos(np.clip(cos, -1.0, 1.0))).astype(np.float32).ravel())
+        out.append(cos_to_degrees(cos).astype(np.float32).ravel())
     return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
