@@ -16,7 +16,7 @@ import click
 from rich.table import Table
 
 from cleanface._atomic import is_complete
-from cleanface.purify.settings import DROP_RULES, PurifySettings
+from cleanface.purify.settings import DROP_RULES, IDENTITY_RULES, PurifySettings
 from cleanface_cli._common import console, handle_errors, no_report_option, render_report_after, silent_option
 
 _DEFAULTS = PurifySettings()
@@ -47,12 +47,24 @@ DEFAULT_ROUNDS = 1
               help="Relabel only below this angle (degrees) to the other identity.")
 @click.option("--relabel-margin", type=click.FloatRange(0, 180), default=_DEFAULTS.relabel_margin, show_default=True,
               help="... and at least this many degrees closer to it than to the own identity.")
+@click.option("--merge-rule", type=click.Choice(IDENTITY_RULES), default=_DEFAULTS.merge_rule, show_default=True,
+              help="calibrated: propose pairs of identities whose kept images look like one person (a probability calibrated "
+                   "on each identity's own two halves); angle: dominant sub-centers closer than --merge-angle.")
+@click.option("--merge-cut", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=_DEFAULTS.merge_cut, show_default=True,
+              help="calibrated merge rule: propose pairs at least this likely to be one person.")
+@click.option("--merge-auto-cut", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=_DEFAULTS.merge_auto_cut,
+              show_default=True, help="calibrated merge rule: merge (with --merge) the proposals at least this likely; report the others.")
 @click.option("--merge/--no-merge", default=_DEFAULTS.merge, show_default=True,
-              help="Merge identities whose dominant sub-centers are close (--no-merge: only report them).")
+              help="Merge the strong merge proposals (--no-merge: only report them).")
 @click.option("--merge-angle", type=click.FloatRange(0, 180), default=_DEFAULTS.merge_angle, show_default=True,
-              help="Identities whose dominant sub-centers are closer than this (degrees) are merged.")
+              help="angle merge rule: identities whose dominant sub-centers are closer than this (degrees) are grouped.")
+@click.option("--split-rule", type=click.Choice(IDENTITY_RULES), default=_DEFAULTS.split_rule, show_default=True,
+              help="calibrated: report identities whose kept images fall into two groups that look like two people (a "
+                   "probability calibrated on random pairs of identities); angle: two strong sub-centers far apart.")
+@click.option("--split-cut", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=_DEFAULTS.split_cut, show_default=True,
+              help="calibrated split rule: report identities at least this likely to hold two people.")
 @click.option("--split/--no-split", default=_DEFAULTS.split, show_default=True,
-              help="Make the second group of a two-cluster identity a new identity <name>#2 (else only report it).")
+              help="Make the second group of a reported split a new identity <name>#2 (else only report it).")
 @click.option("--dedup", is_flag=True, help="Keep only the first image of each group of near-duplicates (cosine >= 0.98).")
 @click.option("--drop-non-dominant", is_flag=True, help="Also drop images whose nearest sub-center is not the dominant one.")
 @click.option("--keep-outlier-groups", is_flag=True, help="Make each coherent group among the dropped images (HDBSCAN) a new identity.")
@@ -79,7 +91,8 @@ DEFAULT_ROUNDS = 1
 @handle_errors
 def purify_cmd(
     inputs: tuple[str, ...], out: str, drop_rule: str, noise_cut: float, rounds: int | None, threshold: float, relabel: bool, relabel_angle: float, relabel_margin: float,
-    merge: bool, merge_angle: float, split: bool, dedup: bool, drop_non_dominant: bool, keep_outlier_groups: bool,
+    merge_rule: str, merge_cut: float, merge_auto_cut: float, merge: bool, merge_angle: float, split_rule: str, split_cut: float,
+    split: bool, dedup: bool, drop_non_dominant: bool, keep_outlier_groups: bool,
     fmt: str, embeddings: str | None, paths: str | None, k: int | None, truth: str | None, overwrite: bool, copy: bool, device: str,
     no_sanity_check: bool, no_report: bool, silent: bool,
 ) -> None:
@@ -91,8 +104,9 @@ def purify_cmd(
 
     Each image is compared with the mean of its identity's other images; those more
     likely mislabelled than not (a threshold calibrated on the data) are dropped, or
-    relabelled when they clearly belong to another identity; identities with nearly the
-    same dominant sub-center are merged. OUT holds the cleaned dataset, decisions.csv,
+    relabelled when they clearly belong to another identity; pairs of identities that
+    look like one person are proposed (and merged when the evidence is strong), and
+    identities that look like two people are reported (split with --split). OUT holds the cleaned dataset, decisions.csv,
     summary.json, analysis.npz and the report (report/index.html).
     """
     from cleanface.purify.runner import DEFAULT_K, purify, purify_from_embeddings
@@ -103,7 +117,8 @@ def purify_cmd(
     _refuse_complete_without_report(out, overwrite=overwrite, no_report=no_report)
     settings = PurifySettings(
         drop_rule=drop_rule, noise_cut=noise_cut, threshold=threshold, relabel=relabel, relabel_angle=relabel_angle, relabel_margin=relabel_margin, merge=merge,
-        merge_angle=merge_angle, split=split, dedup=dedup, drop_non_dominant=drop_non_dominant, keep_outlier_groups=keep_outlier_groups,
+        merge_angle=merge_angle, merge_rule=merge_rule, merge_cut=merge_cut, merge_auto_cut=merge_auto_cut, split_rule=split_rule,
+        split_cut=split_cut, split=split, dedup=dedup, drop_non_dominant=drop_non_dominant, keep_outlier_groups=keep_outlier_groups,
         sanity_check=not no_sanity_check,
     )
     if rounds is None:
@@ -176,7 +191,11 @@ def summary_table(summary: dict) -> Table:
     else:
         advised = summary.get("advised_threshold")
         table.add_row("threshold (advised)", f"{summary['threshold']:g} ({'n/a' if advised is None else f'{advised:.1f}'})")
-    table.add_row("merge groups / splits", f"{len(summary['merges'])} / {len(summary['splits'])}")
+    merged = sum(1 for m in summary["merges"] if m.get("merged"))
+    table.add_row("merge proposals (merged) / split proposals", f"{len(summary['merges'])} ({merged}) / {len(summary['splits'])}")
+    for rule, fit in (summary.get("identity_calibration") or {}).items():
+        if fit.get("warning"):
+            table.add_row(f"[yellow]{rule} warning[/yellow]", fit["warning"])
     table.add_row("duplicate pairs / outlier groups", f"{summary['duplicate_pairs']} / {len(summary['outlier_groups'])}")
     if summary.get("non_finite"):
         table.add_row("non-finite embeddings", str(summary["non_finite"]))

@@ -191,8 +191,8 @@ def train_final_stage(ctx: StageContext) -> dict[str, Any]:
 
 
 PURIFY_KEYS = (
-    "drop_rule", "noise_cut", "threshold", "relabel", "relabel_angle", "relabel_margin", "merge", "merge_angle", "split", "split_angle",
-    "split_min_share", "dedup", "dup_cos", "drop_non_dominant", "keep_outlier_groups", "sanity_check",
+    "drop_rule", "noise_cut", "threshold", "relabel", "relabel_angle", "relabel_margin", "merge_rule", "merge_cut", "merge_auto_cut",
+    "merge", "merge_angle", "split_rule", "split_cut", "split", "split_angle", "split_min_share", "dedup", "dup_cos", "drop_non_dominant", "keep_outlier_groups", "sanity_check",
 )
 
 

@@ -11,11 +11,16 @@ what the previous ones left (defaults in :mod:`cleanface.purify.settings`):
    the image's ``noise_score`` reaches ``noise_cut``); with ``drop_rule="angle"`` the
    angle to the own dominant sub-center strictly above ``threshold`` (either way,
    optionally also: nearest sub-center not the dominant one);
-3. **merge**: identities whose dominant sub-centers lie closer than ``merge_angle``
-   (FAISS kNN over the dominant sub-centers, connected components); the largest member
-   keeps its name, the kept images of the others get ``merge``;
-4. **split**: two strong sub-centers far apart; with ``split`` the images nearest the
-   second one (within ``threshold`` of it) form ``<name>#2`` (``new-identity``);
+3. **merge**: by default pairs of identities, each the other's nearest by the similarity
+   of their kept images, whose calibrated probability of being one person reaches
+   ``merge_cut`` (:mod:`cleanface.purify.identities`); groups whose every pair reaches
+   ``merge_auto_cut`` are merged, the largest member keeping its name and the kept
+   images of the others getting ``merge``; with ``merge_rule="angle"`` identities whose
+   dominant sub-centers lie closer than ``merge_angle`` (FAISS kNN, connected components);
+4. **split**: by default identities whose kept images fall into two well-filled groups
+   (spherical 2-means) whose calibrated probability of being two people reaches
+   ``split_cut``; with ``split_rule="angle"`` two strong sub-centers far apart; reported,
+   and with ``split`` one group forms ``<name>#2`` (``new-identity``);
 5. **relabel**: a dropped image much closer to another identity's dominant sub-center
    moves there (FAISS search over the dominant sub-centers, the identities of its own
    merge group skipped);
@@ -93,6 +98,10 @@ class Decisions:
     calibration : dict
         The calibrated rule's fit (:class:`cleanface.purify.calibration.Calibration`),
         ``{"used": False, "reason": ...}`` when it fell back, empty with the angle rule.
+    identity_calibration : dict
+        ``{"merge": ..., "split": ...}``: the calibrated merge and split rules' fits
+        (mirrored degrees for merges, see :func:`cleanface.purify.identities.calibrate_merges`),
+        or why they fell back; a key is absent when its rule is ``"angle"``.
     names : list of str
         Output identity names: the C input names, then new identities.
     dominant_by_identity : ndarray (C,), int64
@@ -133,6 +142,7 @@ class Decisions:
     faiss: dict = field(default_factory=dict)
     outlier_info: dict = field(default_factory=dict)
     calibration: dict = field(default_factory=dict)
+    identity_calibration: dict = field(default_factory=dict)
     timings: dict = field(default_factory=dict)
 
     @property
@@ -194,10 +204,10 @@ def to_decisions(state: DecisionState, settings: PurifySettings, timings: dict[s
     for m in state.merges:
         m["identities"] = [names[c] for c in m.pop("labels")]
         m["into"] = names[m["into"]]
-        m["merged"] = bool(settings.merge)
+        m.setdefault("merged", bool(settings.merge))
     for s in state.splits:
         s["identity"] = names[s.pop("label")]
-        s["applied"] = bool(settings.split)
+        s.setdefault("applied", bool(settings.split))
     return Decisions(
         action=state.action, reason=state.reason, new_label=state.new_label, angle=state.angle, cos=state.cos,
         nearest=state.nearest, dominant=np.where(state.finite, state.dominant_by_identity[state.labels], -1),
@@ -205,5 +215,6 @@ def to_decisions(state: DecisionState, settings: PurifySettings, timings: dict[s
         outlier_group=state.outlier_group, loo_angle=state.loo_angle, noise_score=state.noise_score, names=state.out_names, dominant_by_identity=state.dominant_by_identity,
         stats=state.stats, merges=state.merges, splits=state.splits, outlier_groups=state.outlier_groups,
         duplicate_pairs=state.duplicate_pairs, duplicate_cos=state.duplicate_cos, advice=state.advice, faiss=state.faiss,
-        outlier_info=state.outlier_info, calibration=state.calibration, timings=timings,
+        outlier_info=state.outlier_info, calibration=state.calibration, identity_calibration=state.identity_calibration,
+        timings=timings,
     )

@@ -211,6 +211,7 @@ def build_summary(
         "drop_rule": settings.drop_rule,
         "calibration": d.calibration,
         "calibrated_threshold": d.calibration.get("threshold"),
+        "identity_calibration": d.identity_calibration,
         "advised_threshold": d.advice.get("threshold"),
         "mixture": d.advice.get("mixture"),
         "faiss": d.faiss,

@@ -17,7 +17,7 @@ import numpy as np
 from cleanface.purify import _faiss
 from cleanface.purify._memory import release_free_memory
 from cleanface.purify.advice import advise_threshold
-from cleanface.purify.calibration import MIN_ANGLES, calibrate
+from cleanface.purify.calibration import MIN_ANGLES, Calibration, calibrate
 from cleanface.purify.analysis import (
     IdentityStats,
     angle_to_dominant,
@@ -33,6 +33,10 @@ from cleanface.purify.codes import (
     DEDUP, DROP, IN_OUTPUT, KEEP, MERGE, NEW_IDENTITY, RELABEL,
     R_ANGLE, R_CLOSER, R_DUPLICATE, R_MERGED, R_NOISE_SCORE, R_NON_DOMINANT, R_NON_FINITE, R_NONE, R_OUTLIER_GROUP, R_SPLIT,
 )
+from cleanface.purify.identities import (
+    MERGE_MIN_IMAGES, GroupSums, calibrate_merges, calibrate_splits, group_sums, half_similarities, nearest_identities, random_pair_similarities,
+    merge_similarity, similarity_angle, split_similarities, two_groups,
+)
 from cleanface.purify.naming import unique_name
 from cleanface.purify.neighbours import DUP_NPROBE, SAMPLE_STORAGE, best_other_identity, close_pairs, near_duplicates
 from cleanface.purify.outliers import components, outlier_groups
@@ -40,6 +44,8 @@ from cleanface.purify.settings import PurifySettings
 from cleanface.purify.signals import impostor_angles, loo_mean_angle
 
 
+SPLIT_FACES = 12  # first indices of each group a split reports (for the report's faces)
+HIGH_IDENTITY_RATE = 0.3  # above this share of identities the calibrated merge / split rules warn (synthetic demo set, own model: 0.37)
 HIGH_NOISE_RATE = 0.5  # above this estimated noise rate the calibrated rule warns (CelebA at 40% noise: 0.77)
 
 
@@ -89,6 +95,7 @@ class DecisionState:
     loo_angle: np.ndarray
     noise_score: np.ndarray
     calibration: dict = field(default_factory=dict)
+    identity_calibration: dict = field(default_factory=dict)
     centre_weights: np.ndarray | None = None
     subcenter_index: "_faiss.BuiltIndex | None" = None
     subcenter_identities: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
@@ -226,7 +233,25 @@ def apply_drop(state: DecisionState, settings: PurifySettings) -> None:
     (apply_angle_drop if settings.drop_rule == "angle" else apply_calibrated_drop)(state, settings)
 
 
-def apply_merge(state: DecisionState, settings: PurifySettings) -> None:
+def _subcenter_index(state: DecisionState, settings: PurifySettings) -> None:
+    """Build the FAISS index over the dominant sub-centers (``subcenter_index``, ``subcenter_identities``, ``faiss["subcenters"]``)."""
+    has_dom = np.flatnonzero(state.dominant_by_identity >= 0)
+    state.subcenter_identities = has_dom
+    if not len(has_dom):
+        return
+    dom_vectors = state.centers[has_dom, state.dominant_by_identity[has_dom]]
+    state.subcenter_index = _faiss.build_index(dom_vectors, exact_below=settings.exact_below, seed=settings.seed, what="sub-centers")
+    state.faiss["subcenters"] = state.subcenter_index.describe()
+
+
+def _merge_into(state: DecisionState, merge_to: np.ndarray) -> None:
+    """Set ``merge_to`` and move the kept images of merged identities: ``action = MERGE``, ``reason = R_MERGED``."""
+    state.merge_to = merge_to
+    moved = (state.action == KEEP) & (merge_to[state.labels] != state.labels)
+    state.mark(moved, MERGE, R_MERGED, merge_to[state.labels[moved]])
+
+
+def apply_angle_merge(state: DecisionState, settings: PurifySettings) -> None:
     """Merge identities whose dominant sub-centers lie closer than ``settings.merge_angle``.
 
     Reads ``centers``, ``dominant_by_identity``, ``counts``, ``labels``, ``action``;
@@ -236,22 +261,68 @@ def apply_merge(state: DecisionState, settings: PurifySettings) -> None:
     ``merge_to`` and the kept images of merged identities: ``action = MERGE``,
     ``reason = R_MERGED``, ``new_label = merge_to[label]``.
     """
-    has_dom = np.flatnonzero(state.dominant_by_identity >= 0)
-    state.subcenter_identities = has_dom
-    if not len(has_dom):
+    _subcenter_index(state, settings)
+    has_dom = state.subcenter_identities
+    if state.subcenter_index is None:
         return
     dom_vectors = state.centers[has_dom, state.dominant_by_identity[has_dom]]
-    built = _faiss.build_index(dom_vectors, exact_below=settings.exact_below, seed=settings.seed, what="sub-centers")
-    state.subcenter_index = built
-    state.faiss["subcenters"] = built.describe()
-    merge_to, state.merges = merge_groups(dom_vectors, has_dom, state.counts, settings.merge_angle, built)
+    merge_to, state.merges = merge_groups(dom_vectors, has_dom, state.counts, settings.merge_angle, state.subcenter_index)
+    for m in state.merges:
+        m["merged"] = bool(settings.merge)
     if settings.merge:
-        state.merge_to = merge_to
-        moved = (state.action == KEEP) & (merge_to[state.labels] != state.labels)
-        state.mark(moved, MERGE, R_MERGED, merge_to[state.labels[moved]])
+        _merge_into(state, merge_to)
 
 
-def apply_split(state: DecisionState, settings: PurifySettings) -> None:
+def apply_calibrated_merge(state: DecisionState, settings: PurifySettings) -> None:
+    """Propose (and merge the strongest) pairs of identities that look like one person, by a calibrated score.
+
+    Reads ``embeddings``, ``labels``, ``action``, ``finite``, ``counts``; ``settings.merge_cut``,
+    ``merge_auto_cut``, ``merge``, ``exact_below``, ``seed``. Over the images kept so far
+    (:mod:`cleanface.purify.identities`): each identity's nearest other identity by
+    similarity, the same-person reference of its own halves, the calibrated score. A pair
+    is proposed when the two are each other's nearest and the score reaches ``merge_cut``;
+    groups are the connected proposals. Sets ``identity_calibration["merge"]``, ``merges``
+    (each with ``similarity`` and ``score``, the lowest over its pairs, and ``merged``) and,
+    with ``settings.merge``, merges the groups whose every pair reaches ``merge_auto_cut``
+    (``merge_to``, ``action = MERGE``). With too few identities to calibrate it falls
+    back to :func:`apply_angle_merge` and says so.
+    """
+    members = (state.action == KEEP) & state.finite
+    sums = identity_sums_of(state, members)
+    nearest, q = nearest_identities(sums, exact_below=settings.exact_below, seed=settings.seed, silent=state.silent)
+    halves = half_similarities(state.embeddings, state.labels, state.num_classes, members, seed=settings.seed)
+    cal, score = calibrate_merges(q, halves, cut=settings.merge_cut)
+    if cal is None:
+        state.identity_calibration["merge"] = {"used": False, "reason": "too few identities with two halves of "
+                                               f"{MERGE_MIN_IMAGES} kept images to calibrate; merged by the angle rule ({settings.merge_angle:g} degrees) instead"}
+        apply_angle_merge(state, settings)
+        return
+    _record_fit(state, "merge", cal, "same_person_rate", merge_similarity(cal.threshold),
+                "look like another one under a second name: the embeddings may not tell these people apart, so the merge proposals "
+                "are doubtful; review them before merging")
+    ident = np.arange(state.num_classes)
+    mutual = (nearest >= 0) & (nearest[np.maximum(nearest, 0)] == ident)
+    proposed = np.flatnonzero(mutual & (np.nan_to_num(score, nan=0.0) >= settings.merge_cut) & (ident < nearest))
+    a, b = proposed, nearest[proposed]
+    state.merges, merge_to = calibrated_merge_groups(a, b, q[a], score[a], state.counts, settings.merge_auto_cut if settings.merge else None)
+    if settings.merge:
+        _merge_into(state, merge_to)
+
+
+def _record_fit(state: DecisionState, rule: str, cal: Calibration, rate_key: str, similarity: float | None, doubt: str) -> None:
+    """``identity_calibration[rule]``: the fit, its rate under ``rate_key``, the similarity at the cut, a warning above ``HIGH_IDENTITY_RATE``."""
+    fit = {"used": True, **cal.to_dict(), rate_key: round(cal.noise_rate, 4), "similarity_threshold": similarity}
+    if cal.noise_rate > HIGH_IDENTITY_RATE:
+        fit["warning"] = f"{cal.noise_rate:.0%} of the identities {doubt}"
+    state.identity_calibration[rule] = fit
+
+
+def apply_merge(state: DecisionState, settings: PurifySettings) -> None:
+    """The merge rule ``settings.merge_rule`` names: :func:`apply_calibrated_merge` or :func:`apply_angle_merge`."""
+    (apply_angle_merge if settings.merge_rule == "angle" else apply_calibrated_merge)(state, settings)
+
+
+def apply_angle_split(state: DecisionState, settings: PurifySettings) -> None:
     """Report identities with two strong sub-centers far apart and, with ``settings.split``, split them.
 
     Reads ``votes``, ``centers``, ``cos``, ``nearest``, ``finite``, ``labels``, ``names``;
@@ -262,6 +333,8 @@ def apply_split(state: DecisionState, settings: PurifySettings) -> None:
     ``reason = R_SPLIT``, whatever the earlier rules decided for them.
     """
     state.splits = split_candidates(state.votes, state.centers, settings.split_angle, settings.split_min_share)
+    for s in state.splits:
+        s["applied"] = bool(settings.split)
     if not (settings.split and state.splits):
         return
     near_angle = cos_to_degrees(state.cos[np.arange(state.n), np.maximum(state.nearest, 0)])
@@ -272,6 +345,52 @@ def apply_split(state: DecisionState, settings: PurifySettings) -> None:
         with np.errstate(invalid="ignore"):
             moved = (state.labels == c) & (state.nearest == second) & state.finite & (near_angle <= settings.threshold)
         state.mark(moved, NEW_IDENTITY, R_SPLIT, new_id)
+
+
+def apply_calibrated_split(state: DecisionState, settings: PurifySettings) -> None:
+    """Report identities whose kept images fall into two groups that look like two people; with ``settings.split``, split them.
+
+    Reads ``embeddings``, ``labels``, ``action``, ``finite``, ``names``; ``settings.split_cut``,
+    ``split_min_share``, ``split``, ``seed``. Over the images kept so far (merged ones
+    included): spherical 2-means inside each identity, the similarity of its two groups
+    when both are well filled, the two-people reference of random identity pairs, the
+    calibrated score. Sets ``identity_calibration["split"]``, ``splits`` (score at least
+    ``split_cut``: ``{"label", "sizes", "similarity", "angle", "score", "groups"
+    (first indices of each group), "applied"}``) and, with ``settings.split``, a new
+    identity ``<name>#2`` per split holding the smaller group: ``action = NEW_IDENTITY``,
+    ``reason = R_SPLIT``. With too few identities to calibrate it falls back to
+    :func:`apply_angle_split` and says so.
+    """
+    members = np.isin(state.action, (KEEP, MERGE)) & state.finite
+    group = two_groups(state.embeddings, state.labels, state.num_classes, members)
+    q, g0, g1 = split_similarities(state.embeddings, state.labels, state.num_classes, group, min_share=settings.split_min_share)
+    reference = random_pair_similarities(identity_sums_of(state, members), seed=settings.seed)
+    cal, score = calibrate_splits(q, reference, cut=settings.split_cut)
+    if cal is None:
+        state.identity_calibration["split"] = {"used": False, "reason": "too few identities with two well-filled groups to calibrate; "
+                                               f"split by the sub-center rule ({settings.split_angle:g} degrees) instead"}
+        apply_angle_split(state, settings)
+        return
+    _record_fit(state, "split", cal, "two_people_rate", None if cal.threshold is None else merge_similarity(180.0 - cal.threshold),
+                "look like two people: the embeddings may not hold one person together, so the split proposals are doubtful; "
+                "review them before splitting")
+    state.splits = []
+    for c in np.flatnonzero(np.nan_to_num(score, nan=0.0) >= settings.split_cut):
+        rows = [np.flatnonzero((state.labels == c) & (group == g)) for g in (0, 1)]
+        moving = 1 if len(rows[1]) <= len(rows[0]) else 0
+        entry = {"label": int(c), "sizes": [int(g0.counts[c]), int(g1.counts[c])], "similarity": round(float(q[c]), 4),
+                 "angle": round(float(similarity_angle(q[c])), 4), "score": round(float(score[c]), 4),
+                 "groups": [r[:SPLIT_FACES].tolist() for r in rows], "applied": bool(settings.split)}
+        if settings.split:
+            new_id = state.new_identity(f"{state.names[c]}#2")
+            entry["new_identity"] = state.out_names[new_id]
+            state.mark(rows[moving], NEW_IDENTITY, R_SPLIT, new_id)
+        state.splits.append(entry)
+
+
+def apply_split(state: DecisionState, settings: PurifySettings) -> None:
+    """The split rule ``settings.split_rule`` names: :func:`apply_calibrated_split` or :func:`apply_angle_split`."""
+    (apply_angle_split if settings.split_rule == "angle" else apply_calibrated_split)(state, settings)
 
 
 def apply_relabel(state: DecisionState, settings: PurifySettings) -> None:
@@ -289,6 +408,8 @@ def apply_relabel(state: DecisionState, settings: PurifySettings) -> None:
     ``subcenter_index = None`` at the end.
     """
     candidates = state.dropped()
+    if state.subcenter_index is None and len(candidates):
+        _subcenter_index(state, settings)
     if state.subcenter_index is not None and len(candidates):
         own = state.labels[candidates]
         label_c, angle_c = best_other_identity(state.embeddings[candidates], own, state.subcenter_identities,
@@ -458,6 +579,42 @@ def split_candidates(votes: np.ndarray, centers: np.ndarray, split_angle: float,
             out.append({"label": int(c), "subcenters": [int(first[c]), int(second[c])],
                         "shares": [round(float(s1[c]), 4), round(float(s2[c]), 4)], "angle": round(ang, 4)})
     return out
+
+
+def identity_sums_of(state: DecisionState, members: np.ndarray) -> GroupSums:
+    """Sums of the unit embeddings of each identity's ``members`` (N,) bool, and their counts."""
+    return group_sums(state.embeddings, state.labels, state.num_classes, members)
+
+
+def calibrated_merge_groups(
+    a: np.ndarray, b: np.ndarray, similarity: np.ndarray, score: np.ndarray, counts: np.ndarray, auto_cut: float | None
+) -> tuple[list[dict], np.ndarray]:
+    """Groups of the proposed pairs ``(a[i], b[i])`` and the labels they merge into.
+
+    Each group (connected proposals) is ``{"labels", "into" (the largest member; ties to the
+    lowest label), "similarity", "score" (the lowest over its pairs), "min_angle", "max_angle"
+    (degrees ``arccos`` of the similarities), "merged"}``, sorted by its lowest label;
+    ``merged`` when ``auto_cut`` is given and every pair's score reaches it, and then
+    ``merge_to`` (C,) maps its members to ``into`` (every other label maps to itself).
+    """
+    merge_to = np.arange(len(counts), dtype=np.int64)
+    if not len(a):
+        return [], merge_to
+    comp = components(len(counts), a, b)
+    groups = []
+    for g, _ in members_by_group(comp[a]):
+        edges = np.flatnonzero(comp[a] == g)
+        labels = np.unique(np.r_[a[edges], b[edges]])
+        into = int(labels[np.lexsort((labels, -counts[labels]))[0]])
+        angles = similarity_angle(similarity[edges])
+        merged = auto_cut is not None and bool((score[edges] >= auto_cut).all())
+        if merged:
+            merge_to[labels] = into
+        groups.append({"labels": labels.tolist(), "into": into, "similarity": round(float(similarity[edges].min()), 4),
+                       "score": round(float(score[edges].min()), 4), "min_angle": round(float(angles.min()), 4),
+                       "max_angle": round(float(angles.max()), 4), "merged": merged})
+    groups.sort(key=lambda m: m["labels"][0])
+    return groups, merge_to
 
 
 def members_by_group(group: np.ndarray, *, min_size: int = 1) -> list[tuple[int, np.ndarray]]:

@@ -115,7 +115,11 @@ def _embed(backbone: Any, index: DatasetIndex, out_dir: Path, *, size: int, crop
 
 def cached_embeddings(stage: Path, index: DatasetIndex, source: dict) -> np.ndarray | None:
     """Embeddings cached in ``stage/embeddings`` by an earlier, interrupted purify of the same inputs, or None."""
-    folder = stage / EMBED_DIR
+    return cached_in(stage / EMBED_DIR, index, source)
+
+
+def cached_in(folder: Path, index: DatasetIndex, source: dict) -> np.ndarray | None:
+    """The embeddings of ``index`` in ``folder`` when its ``SOURCE_FILE`` records ``source`` (same data and model), or None."""
     try:
         if json.loads((folder / SOURCE_FILE).read_text()) != source:
             return None

@@ -15,8 +15,12 @@ The candidate lists of ``summary.json`` are read with these item shapes (missing
 are tolerated, unknown keys ignored):
 
 * ``merges``: ``{"identities": [name, ...], "into": name, "min_angle": deg, "max_angle": deg,
-  "merged": bool}`` (a single ``"angle"`` is accepted in place of the two angles);
-* ``splits``: ``{"identity": name, "subcenters": [a, b], "shares": [s1, s2], "angle": deg, "applied": bool}``;
+  "merged": bool}`` (a single ``"angle"`` is accepted in place of the two angles); the
+  calibrated merge rule adds ``"similarity"`` and ``"score"``, shown in place of the angle;
+* ``splits``: ``{"identity": name, "subcenters": [a, b], "shares": [s1, s2], "angle": deg, "applied": bool}``
+  (the sub-center rule), or, from the calibrated split rule, ``{"identity": name, "sizes": [n0, n1],
+  "similarity", "angle", "score", "groups": [[sample index, ...], [...]], "applied", "new_identity"}``:
+  each group's faces by sample index;
 * ``duplicates``: ``{"a": sample index, "b": sample index, "cos": float}``;
 * ``outlier_groups``: ``{"group": n, "size": n, "first_indices": [sample index, ...] (or "members"),
   "identities": {name: count}, "new_identity": name}``.
@@ -25,7 +29,9 @@ The calibrated drop rule is read from ``summary.json`` (``drop_rule``; ``calibra
 ``{"used": true, "noise_rate", "clean_mean", "clean_std", "impostor_median", "threshold",
 "cut", "angles", "impostors", ...}`` or ``{"used": false, "reason": ...}``) and from the
 ``noise_score`` and ``loo_angle`` columns of ``decisions.csv``; reports of older outputs,
-which lack them, simply leave the calibrated parts out.
+which lack them, simply leave the calibrated parts out. The calibrated merge and split
+rules are read from ``identity_calibration`` (``{"merge": {...}, "split": {...}}``, each
+``{"used": true, "same_person_rate" | "two_people_rate", ...}`` or ``{"used": false, "reason"}``).
 """
 
 from __future__ import annotations
@@ -326,7 +332,8 @@ class _PurifyPages:
             angle = _deg(item.get("min_angle", item.get("max_angle")))
         else:
             angle = _deg(item.get("angle"))
-        return {"members": members, "angle": angle, "into": item.get("into"), "applied": item.get("merged", item.get("applied"))}
+        return {"members": members, "angle": angle, "into": item.get("into"), "applied": item.get("merged", item.get("applied")),
+                "similarity": _float(item.get("similarity")), "score": _float(item.get("score"))}
 
     def relabel_item(self, row: Any) -> dict[str, Any]:
         row = int(row)
@@ -336,6 +343,8 @@ class _PurifyPages:
                 "to": self.identity_link(new), "angle": _deg(t.angle[row])}
 
     def split_item(self, item: dict[str, Any]) -> dict[str, Any]:
+        if isinstance(item.get("groups"), list):
+            return self.calibrated_split_item(item)
         name = str(item.get("identity", ""))
         code = self.code.get(name)
         subs = list(item.get("subcenters") or [])
@@ -344,7 +353,20 @@ class _PurifyPages:
         for k, sub in enumerate(subs):
             faces = self.typical_faces(code, FACES_PER_SPLIT, subcenter=int(sub)) if code is not None else []
             groups.append({"subcenter": sub, "share": shares[k] if k < len(shares) else None, "faces": faces})
-        return {"identity": self.identity_link(name), "angle": _deg(item.get("angle")), "groups": groups, "applied": item.get("applied")}
+        return {"identity": self.identity_link(name), "angle": _deg(item.get("angle")), "groups": groups, "applied": item.get("applied"),
+                "similarity": None, "score": None}
+
+    def calibrated_split_item(self, item: dict[str, Any]) -> dict[str, Any]:
+        """A split of the calibrated rule: each group's first faces by dataset index, its size, the similarity and the score."""
+        sizes = list(item.get("sizes") or [])
+        groups = []
+        for k, members in enumerate(item["groups"]):
+            rows = [self.table.row(int(i)) for i in (members if isinstance(members, list) else [])]
+            faces = [self.face(r) for r in rows if r is not None][:FACES_PER_SPLIT]
+            groups.append({"number": k + 1, "size": sizes[k] if k < len(sizes) else len(rows), "faces": faces})
+        return {"identity": self.identity_link(str(item.get("identity", ""))), "angle": _deg(item.get("angle")), "groups": groups,
+                "applied": item.get("applied"), "similarity": _float(item.get("similarity")), "score": _float(item.get("score")),
+                "new_identity": item.get("new_identity")}
 
     def duplicate_item(self, item: dict[str, Any]) -> dict[str, Any]:
         sides = []
@@ -399,7 +421,7 @@ class _PurifyPages:
             calibration=calibration, action_rows=action_rows, reasons=sorted((sm.get("reasons") or {}).items()),
             quality=quality, per_type=per_type, top=top, lists=lists, keys=SORT_KEYS, settings=settings, faiss=sorted(faiss.items()),
             identities=len(t.names), images=len(t), legend=ACTION_LABELS, thumbs_failed=self.thumbs.failed,
-            non_finite=int((~np.isfinite(t.angle)).sum()), noise=noise is not None,
+            non_finite=int((~np.isfinite(t.angle)).sum()), noise=noise is not None, identity_calibration=identity_calibration_view(sm),
         )
 
     def angle_histogram(self, noise: np.ndarray | None, threshold: float | None, advised: float | None, calibrated: bool) -> Markup:
@@ -444,6 +466,31 @@ class _PurifyPages:
                 "threshold": threshold, "threshold_label": label,
                 **numbers, "angles": cal.get("angles"), "impostors": cal.get("impostors"), "histogram": hist,
                 "loo_images": int(finite.sum()), "scored": int(np.isfinite(t.noise_score).sum())}
+
+
+IDENTITY_RULES = {  # rule -> (what its estimated share counts, its share's key, the rule it falls back to)
+    "merge": ("identities whose nearest other identity is the same person", "same_person_rate", "angle rule"),
+    "split": ("identities holding two people", "two_people_rate", "sub-center rule"),
+}
+
+
+def identity_calibration_view(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """The calibrated merge and split rules of ``summary["identity_calibration"]``: used (and the estimated share) or why not.
+
+    Empty for outputs written before those rules (or by the angle rules alone).
+    """
+    found = summary.get("identity_calibration")
+    if not isinstance(found, dict):
+        return []
+    out = []
+    for rule, (what, key, fallback) in IDENTITY_RULES.items():
+        cal = found.get(rule)
+        if not isinstance(cal, dict):
+            continue
+        used = bool(cal.get("used"))
+        out.append({"rule": rule, "used": used, "what": what, "fallback": fallback, "reason": None if used else cal.get("reason"),
+                    "rate": _float(cal.get(key, cal.get("noise_rate"))) if used else None, "count": cal.get("angles") if used else None})
+    return out
 
 
 def _list(summary: dict[str, Any], key: str) -> list[dict[str, Any]]:

@@ -28,6 +28,7 @@ from tests.purify.conftest import D, axis, basis_centers, toward
 
 FREE = 15  # axes from here on belong to no sub-center of up to 5 basis identities
 DEFAULTS = PurifySettings()
+ANGLE_RULES = PurifySettings(merge_rule="angle", split_rule="angle")
 
 
 def cluster(center: np.ndarray | int, n: int, start: int = 0, degrees: float = 15.0) -> list[np.ndarray]:
@@ -85,10 +86,11 @@ def test_merge_moves_the_kept_images_of_the_smaller_identity():
     rows, labels, centers = merge_rows()
     state = analyse(np.stack(rows).astype(np.float32), np.array(labels), centers)
     state.action[6] = DROP  # a dropped image stays dropped
-    apply_merge(state, DEFAULTS)
+    apply_merge(state, ANGLE_RULES)
     assert state.merge_to.tolist() == [0, 0, 2] and state.faiss["subcenters"] == "Flat"
     assert state.subcenter_index is not None and state.subcenter_identities.tolist() == [0, 1, 2]
-    assert state.merges == [{"labels": [0, 1], "into": 0, "min_angle": pytest.approx(20, abs=1e-2), "max_angle": pytest.approx(20, abs=1e-2)}]
+    assert state.merges == [{"labels": [0, 1], "into": 0, "min_angle": pytest.approx(20, abs=1e-2), "max_angle": pytest.approx(20, abs=1e-2),
+                             "merged": True}]
     assert state.action[6] == DROP and state.action[7:11].tolist() == [MERGE] * 4
     assert state.reason[7:11].tolist() == [R_MERGED] * 4 and state.new_label[7:11].tolist() == [0] * 4
     assert (state.action[:6] == KEEP).all() and (state.action[11:] == KEEP).all()
@@ -96,7 +98,7 @@ def test_merge_moves_the_kept_images_of_the_smaller_identity():
 
 def test_merge_only_reported_when_switched_off():
     rows, labels, centers = merge_rows()
-    state = state_of(rows, labels, centers, settings=PurifySettings(merge=False), upto=[apply_merge])
+    state = state_of(rows, labels, centers, settings=PurifySettings(merge=False, merge_rule="angle"), upto=[apply_merge])
     assert len(state.merges) == 1 and state.merge_to.tolist() == [0, 1, 2] and (state.action == KEEP).all()
 
 
@@ -108,10 +110,10 @@ def split_rows():
 
 def test_split_reports_and_on_request_makes_a_new_identity():
     rows, labels, centers = split_rows()
-    state = state_of(rows, labels, centers, ["sam", "tom"], upto=[apply_angle_drop, apply_split])
-    assert state.splits == [{"label": 0, "subcenters": [0, 1], "shares": [0.5, 0.4], "angle": pytest.approx(90, abs=1e-3)}]
+    state = state_of(rows, labels, centers, ["sam", "tom"], ANGLE_RULES, upto=[apply_angle_drop, apply_split])
+    assert state.splits == [{"label": 0, "subcenters": [0, 1], "shares": [0.5, 0.4], "angle": pytest.approx(90, abs=1e-3), "applied": False}]
     assert state.out_names == ["sam", "tom"] and state.action[5:9].tolist() == [DROP] * 4
-    state = state_of(rows, labels, centers, ["sam", "sam#2"], PurifySettings(split=True), upto=[apply_angle_drop, apply_split])
+    state = state_of(rows, labels, centers, ["sam", "sam#2"], PurifySettings(split=True, split_rule="angle"), upto=[apply_angle_drop, apply_split])
     assert state.out_names == ["sam", "sam#2", "sam#2-2"] and state.splits[0]["new_identity"] == "sam#2-2"
     assert state.action[5:9].tolist() == [NEW_IDENTITY] * 4 and state.reason[5:9].tolist() == [R_SPLIT] * 4
     assert state.new_label[5:9].tolist() == [2] * 4 and state.action[9] == DROP  # the third sub-center's image is not moved

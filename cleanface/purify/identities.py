@@ -1,0 +1,319 @@
+"""Identity-level signals: one person under two names (merge) and two people under one name (split).
+
+Both compare groups of images by their *mean pairwise cosine*, computed from sums of unit
+embeddings without forming a pair: for groups A and B with sums ``S_A``, ``S_B`` and sizes
+``n_A``, ``n_B``,
+
+* between: ``b = S_A . S_B / (n_A n_B)``, the mean cosine of a pair across the groups;
+* within (pooled): ``w = (|S_A|^2 - n_A + |S_B|^2 - n_B) / (n_A (n_A - 1) + n_B (n_B - 1))``,
+  the mean cosine of a pair inside either group;
+* the similarity ``q = b / w`` (:func:`pooled_similarity`): about 1 when A and B show the
+  same person (a pair across is as alike as a pair inside), lower for two people; the
+  ratio does not depend on how tight an embedder's clusters are (cleanface's own models,
+  dlib's narrow cone).
+
+Neither decision uses a fixed value of ``q``. Each is calibrated on the data, with the
+impostor mixture of :mod:`cleanface.purify.calibration`, ``q`` placed linearly on its grid
+(:func:`merge_position`; ``arccos`` would pile every ``q`` above 1, common for small
+identities, at one end, and merged 24-59 pairs of different LFW people per set):
+
+* merge: every identity's nearest other identity by ``q`` (:func:`nearest_identities`) is
+  mostly another person, sometimes the same one under another name. The same-person
+  distribution is measured on each identity's own two random halves
+  (:func:`half_similarities`); the mixture's free component is the nearest other person.
+  The score of a pair is the probability that it is one person.
+* split: every identity's two groups found by spherical 2-means (:func:`two_groups`) are
+  mostly one person cut in two; the two-people distribution is measured on pairs of
+  identities drawn at random (:func:`random_pair_similarities`), as two namesakes are two
+  random people. The score is the probability that the identity holds two people.
+
+The references match the question when the embedder did not learn the labels being
+checked (a pretrained model, ``purify --embeddings``). A model trained on the noisy labels
+pushes two names of one person apart and pulls two people under one name together, so
+its merges and splits are found less often (BENCHMARKS.md, "Identity-level noise").
+
+Every function takes sums and counts or the (memmap-able) embeddings, never a pair matrix:
+the costs are O(N D) per pass and O(C k D) for the neighbour search.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from cleanface.purify import _faiss
+from cleanface.purify.analysis import cos_to_degrees, finite_rows, unit_rows
+from cleanface.purify.calibration import Calibration, calibrate
+from cleanface.purify.signals import CHUNK, identity_sums
+
+MERGE_MIN_IMAGES = 3  # images an identity (and each half of the reference) needs to be compared: fewer give too noisy a similarity
+REFERENCE_TAIL = 0.01  # a proposal must lie inside the reference distribution it is said to belong to, but for this tail
+MERGE_CANDIDATES = 10  # identities searched per identity (by mean direction) before rescoring by similarity
+RANDOM_PAIRS = 20_000  # pairs of identities drawn for the two-people reference
+SPLIT_MIN_IMAGES = 3  # each group of a split holds at least this many images
+TWO_MEANS_ITERATIONS = 8
+
+
+@dataclass(frozen=True)
+class GroupSums:
+    """Sums of unit embeddings per group (G, D) float32 and group sizes (G,) int64."""
+
+    sums: np.ndarray
+    counts: np.ndarray
+
+
+def group_sums(embeddings: np.ndarray, groups: np.ndarray, num_groups: int, members: np.ndarray | None = None) -> GroupSums:
+    """Sums and sizes of ``num_groups`` groups; ``groups`` (N,) in [0, G) or -1 (in no group); ``members`` (N,) bool, optional.
+
+    Non-finite rows count in no group.
+    """
+    groups = np.asarray(groups, dtype=np.int64)
+    inside = groups >= 0 if members is None else (groups >= 0) & np.asarray(members, dtype=bool)
+    weights = inside.astype(np.float32)
+    sums = identity_sums(embeddings, np.where(inside, groups, 0), num_groups, weights)
+    finite = finite_rows(embeddings)
+    counts = np.bincount(groups[inside & finite], minlength=num_groups).astype(np.int64)
+    return GroupSums(sums, counts)
+
+
+def pooled_similarity(sa: np.ndarray, na: np.ndarray, sb: np.ndarray, nb: np.ndarray) -> np.ndarray:
+    """``q = between / pooled within`` mean pairwise cosine (module docstring), row by row: float64 (M,).
+
+    ``sa``, ``sb`` (M, D) sums of unit embeddings, ``na``, ``nb`` (M,) sizes. NaN where a
+    group is empty, where neither group holds a pair, or where the pooled within-group
+    similarity is not positive (no coherent group to compare against).
+    """
+    sa, sb = np.asarray(sa, dtype=np.float64), np.asarray(sb, dtype=np.float64)
+    na, nb = np.asarray(na, dtype=np.float64), np.asarray(nb, dtype=np.float64)
+    pairs = na * (na - 1) + nb * (nb - 1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        within = ((sa * sa).sum(-1) - na + (sb * sb).sum(-1) - nb) / pairs
+        between = (sa * sb).sum(-1) / (na * nb)
+        q = between / within
+    return np.where((na >= 1) & (nb >= 1) & (pairs > 0) & (within > 1e-6), q, np.nan)
+
+
+def similarity_angle(q: np.ndarray) -> np.ndarray:
+    """Degrees ``arccos(q)``, with ``q`` clipped to [-1, 1] (a similarity above 1 is as alike as the halves of one person)."""
+    return cos_to_degrees(np.asarray(q, dtype=np.float64))
+
+
+def merge_position(q: np.ndarray) -> np.ndarray:
+    """``q`` placed on the calibration's 0-180 grid, higher for more alike: ``150 + 60 (q - 1)``.
+
+    Linear, so that similarities above 1 (small groups, noisy) keep their order instead of
+    piling up at one end as ``arccos`` would put them; ``q`` in [-1.5, 1.5] fills the grid.
+    """
+    return 150.0 + 60.0 * (np.asarray(q, dtype=np.float64) - 1.0)
+
+
+def merge_similarity(position: float | None) -> float | None:
+    """The ``q`` at a grid position of :func:`merge_position` (None stays None)."""
+    return None if position is None else round(1.0 + (float(position) - 150.0) / 60.0, 4)
+
+
+# -- halves and random pairs: the reference distributions ---------------------------------------------
+def random_halves(labels: np.ndarray, members: np.ndarray, seed: int) -> np.ndarray:
+    """Each member image's half (0 or 1), alternating within its identity in a seeded random order; -1 for non-members."""
+    labels = np.asarray(labels, dtype=np.int64)
+    rows = np.flatnonzero(members)
+    order = rows[np.random.default_rng(seed).permutation(len(rows))]
+    order = order[np.argsort(labels[order], kind="stable")]
+    lab = labels[order]
+    rank = np.arange(len(order)) - np.searchsorted(lab, lab)
+    half = np.full(len(labels), -1, dtype=np.int64)
+    half[order] = rank % 2
+    return half
+
+
+def half_similarities(embeddings: np.ndarray, labels: np.ndarray, num_classes: int, members: np.ndarray, *, seed: int = 0) -> np.ndarray:
+    """``q`` between two random halves of each identity's members: (C,), NaN unless both halves hold ``MERGE_MIN_IMAGES`` or more.
+
+    The same-person reference of the merge rule.
+    """
+    half = random_halves(labels, members, seed)
+    labels = np.asarray(labels, dtype=np.int64)
+    a = group_sums(embeddings, np.where(half == 0, labels, -1), num_classes)
+    b = group_sums(embeddings, np.where(half == 1, labels, -1), num_classes)
+    q = pooled_similarity(a.sums, a.counts, b.sums, b.counts)
+    return np.where((a.counts >= MERGE_MIN_IMAGES) & (b.counts >= MERGE_MIN_IMAGES), q, np.nan)
+
+
+def random_pair_similarities(sums: GroupSums, *, pairs: int = RANDOM_PAIRS, seed: int = 0) -> np.ndarray:
+    """``q`` between identities drawn at random in pairs (never an identity with itself); the two-people reference."""
+    usable = np.flatnonzero(sums.counts >= 1)
+    if len(usable) < 2:
+        return np.zeros(0, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    i = rng.integers(0, len(usable), size=pairs)
+    j = rng.integers(0, len(usable) - 1, size=pairs)
+    j += j >= i  # uniform over the others
+    a, b = usable[i], usable[j]
+    q = pooled_similarity(sums.sums[a], sums.counts[a], sums.sums[b], sums.counts[b])
+    return q[np.isfinite(q)]
+
+
+# -- merge: the nearest other identity -------------------------------------------------------------------
+def nearest_identities(sums: GroupSums, other: GroupSums | None = None, *, exact_below: int = 50_000, seed: int = 0,
+                       silent: bool = True, candidates: int = MERGE_CANDIDATES) -> tuple[np.ndarray, np.ndarray]:
+    """For each identity of ``sums``, the identity of highest ``q`` among its ``candidates`` nearest by mean direction.
+
+    Searched among the other identities of ``sums`` itself, or among those of ``other``
+    (another dataset, embedded by the same model). Returns ``(nearest int64 (C,), q
+    float64 (C,))``; -1 / NaN for an identity with fewer than ``MERGE_MIN_IMAGES`` members
+    or without such a candidate.
+    """
+    c = len(sums.counts)
+    nearest = np.full(c, -1, dtype=np.int64)
+    best = np.full(c, np.nan)
+    target = sums if other is None else other
+    queries, has = _with_mean(sums), _with_mean(target)
+    if not len(queries) or len(has) < (2 if other is None else 1):
+        return nearest, best
+    directions = unit_rows(target.sums[has], dtype=np.float32)
+    built = _faiss.build_index(directions, exact_below=exact_below, seed=seed, silent=silent, what="identity means")
+    k = min(candidates + (other is None), len(has))
+    if other is None:
+        _, ids = _faiss.self_search(built, k, silent=silent, what="merge search")
+    else:
+        _, ids = _faiss.search(built, unit_rows(sums.sums[queries], dtype=np.float32), k, silent=silent, what="overlap search")
+    del built
+    rows = np.repeat(queries, ids.shape[1])
+    cols = ids.ravel()
+    ok = cols >= 0
+    a, b = rows[ok], has[cols[ok]]
+    if other is None:
+        a, b = a[a != b], b[a != b]
+    q = pooled_similarity(sums.sums[a], sums.counts[a], target.sums[b], target.counts[b])
+    q = np.where(np.isfinite(q), q, -np.inf)
+    order = np.lexsort((b, -q, a))  # per identity: highest q first, ties to the lower label
+    a, b, q = a[order], b[order], q[order]
+    first = np.flatnonzero(np.r_[True, a[1:] != a[:-1]]) if len(a) else np.zeros(0, np.int64)
+    found = first[np.isfinite(q[first])]
+    nearest[a[found]] = b[found]
+    best[a[found]] = q[found]
+    return nearest, best
+
+
+def _with_mean(sums: GroupSums) -> np.ndarray:
+    """Identities with at least ``MERGE_MIN_IMAGES`` members and a non-zero sum."""
+    return np.flatnonzero((sums.counts >= MERGE_MIN_IMAGES) & (np.linalg.norm(sums.sums, axis=1) > 1e-6))
+
+
+def calibrate_merges(nearest_q: np.ndarray, halves_q: np.ndarray, *, cut: float = 0.5) -> tuple[Calibration | None, np.ndarray]:
+    """The probability that each identity's nearest other identity is the same person: ``(calibration, score (C,))``.
+
+    The impostor mixture of :func:`cleanface.purify.calibration.calibrate` on
+    :func:`merge_position` of ``q``: its fixed component is the same-person distribution of
+    ``halves_q``, its free Gaussian the nearest other person; ``noise_rate`` is then the
+    share of identities whose nearest is themselves under another name. NaN scores where
+    ``nearest_q`` is NaN; ``(None, NaN)`` with too few values to fit. The calibration's
+    ``threshold`` is a grid position: :func:`merge_similarity` turns it into a ``q``.
+    The mixture alone would call any pair far above the nearest other person the same one;
+    so a pair less alike than the lowest ``REFERENCE_TAIL`` of the halves scores 0 (two
+    different people 35 degrees apart are not one person because others are 70 apart).
+    """
+    halves_q = halves_q[np.isfinite(halves_q)]
+    cal, score = calibrate(merge_position(nearest_q), merge_position(halves_q), cut=cut)
+    if cal is not None:  # and only a pair as alike as the same person's halves mostly are
+        with np.errstate(invalid="ignore"):
+            score = np.where(nearest_q >= np.quantile(halves_q, REFERENCE_TAIL), score, np.where(np.isnan(score), np.nan, 0.0))
+    return cal, score
+
+
+# -- split: two groups inside one identity -----------------------------------------------------------------
+def two_groups(embeddings: np.ndarray, labels: np.ndarray, num_classes: int, members: np.ndarray, *,
+               iterations: int = TWO_MEANS_ITERATIONS, chunk: int = CHUNK) -> np.ndarray:
+    """Spherical 2-means inside every identity at once: each member's group (0 or 1), -1 for non-members.
+
+    Seeds, per identity: the member farthest from the identity's mean (group 1's seed) and
+    the member farthest from that one (group 0's); then ``iterations`` rounds of assigning
+    each member to the nearer group mean. Deterministic. The embeddings are read ``chunk``
+    rows at a time (two passes per round), never copied whole; besides the (N,) groups it
+    holds three (C, D) float32 arrays.
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    members = np.asarray(members, dtype=bool) & finite_rows(embeddings)
+    group = np.full(len(labels), -1, dtype=np.int64)
+    if not members.any():
+        return group
+    mean = unit_rows(identity_sums(embeddings, labels, num_classes, members.astype(np.float32)), dtype=np.float32)
+    seed1 = _farthest(embeddings, labels, members, mean, chunk)
+    del mean
+    c1 = _unit_rows_at(embeddings, seed1)
+    c0 = _unit_rows_at(embeddings, _farthest(embeddings, labels, members, c1, chunk))
+    for _ in range(max(1, iterations)):
+        for lo in range(0, len(labels), chunk):
+            x = unit_rows(np.asarray(embeddings[lo : lo + chunk], dtype=np.float32), dtype=np.float32)
+            lab = labels[lo : lo + chunk]
+            nearer_1 = np.einsum("nd,nd->n", x, c1[lab]) > np.einsum("nd,nd->n", x, c0[lab])
+            group[lo : lo + chunk] = np.where(members[lo : lo + chunk], nearer_1.astype(np.int64), -1)
+        for g, centre in ((0, c0), (1, c1)):
+            sums = identity_sums(embeddings, labels, num_classes, (group == g).astype(np.float32), chunk=chunk)
+            norm = np.linalg.norm(sums, axis=1)
+            filled = norm > 1e-6  # an emptied group keeps its centre
+            centre[filled] = sums[filled] / norm[filled, None]
+    return group
+
+
+def _farthest(embeddings: np.ndarray, labels: np.ndarray, members: np.ndarray, reference: np.ndarray, chunk: int) -> np.ndarray:
+    """Per label, the member row least similar to ``reference[label]`` (ties: the lowest row); -1 for a label without members."""
+    num_classes = len(reference)
+    best = np.full(num_classes, np.inf)
+    row = np.full(num_classes, -1, dtype=np.int64)
+    for lo in range(0, len(labels), chunk):
+        x = unit_rows(np.asarray(embeddings[lo : lo + chunk], dtype=np.float32), dtype=np.float32)
+        lab = labels[lo : lo + chunk]
+        value = np.where(members[lo : lo + chunk], np.einsum("nd,nd->n", x, reference[lab]), np.inf)
+        order = np.lexsort((np.arange(len(value)), value, lab))
+        first = order[np.r_[True, lab[order][1:] != lab[order][:-1]]]
+        first = first[np.isfinite(value[first])]
+        better = value[first] < best[lab[first]]  # strictly: an earlier chunk keeps a tie
+        best[lab[first[better]]] = value[first[better]]
+        row[lab[first[better]]] = lo + first[better]
+    return row
+
+
+def _unit_rows_at(embeddings: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """(C, D) float32: the unit embedding at ``rows[c]``, zeros where it is -1."""
+    out = np.zeros((len(rows), embeddings.shape[1]), dtype=np.float32)
+    have = np.flatnonzero(rows >= 0)
+    order = np.argsort(rows[have], kind="stable")
+    picked = np.asarray(embeddings[rows[have][order]], dtype=np.float32)
+    out[have[order]] = unit_rows(picked, dtype=np.float32)
+    return out
+
+
+def split_similarities(embeddings: np.ndarray, labels: np.ndarray, num_classes: int, group: np.ndarray, *,
+                       min_share: float = 0.3) -> tuple[np.ndarray, GroupSums, GroupSums]:
+    """``q`` between each identity's two groups (C,) and the groups' sums.
+
+    NaN unless both groups are well filled: each holds at least ``SPLIT_MIN_IMAGES`` images
+    and ``min_share`` of the identity's members (a few outliers are not a second person).
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    g0 = group_sums(embeddings, np.where(group == 0, labels, -1), num_classes)
+    g1 = group_sums(embeddings, np.where(group == 1, labels, -1), num_classes)
+    q = pooled_similarity(g0.sums, g0.counts, g1.sums, g1.counts)
+    total = g0.counts + g1.counts
+    small = np.minimum(g0.counts, g1.counts)
+    filled = (small >= SPLIT_MIN_IMAGES) & (small >= min_share * total)
+    return np.where(filled, q, np.nan), g0, g1
+
+
+def calibrate_splits(split_q: np.ndarray, random_q: np.ndarray, *, cut: float = 0.5) -> tuple[Calibration | None, np.ndarray]:
+    """The probability that each identity holds two people: ``(calibration, score (C,))``.
+
+    The impostor mixture over ``180 -`` :func:`merge_position` of the two groups' ``q``
+    (higher for less alike), with the fixed component measured on random pairs of
+    identities (two people) and the free Gaussian one person cut in two; NaN where
+    ``split_q`` is NaN; ``(None, NaN)`` with too few values. A split's ``q`` is at most
+    ``merge_similarity(180 - threshold)``. Groups more alike than the highest
+    ``REFERENCE_TAIL`` of the random pairs score 0.
+    """
+    cal, score = calibrate(180.0 - merge_position(split_q), 180.0 - merge_position(random_q), cut=cut)
+    if cal is not None:  # and only groups as unlike as two random people mostly are
+        with np.errstate(invalid="ignore"):
+            score = np.where(split_q <= np.quantile(random_q, 1.0 - REFERENCE_TAIL), score, np.where(np.isnan(score), np.nan, 0.0))
+    return cal, score
