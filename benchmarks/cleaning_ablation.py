@@ -4,11 +4,12 @@ The noisy sets, cleanface's own sub-center run (K=3, compact, 64x64, 6 epochs, s
 embeddings are those of ``benchmarks/pretrained_noise.py`` (``own`` step). Methods, none of which
 sees the truth:
 
-* ``sub-center angle > 75°``: purify's rule before issue 16 (``drop_rule="angle"``), with its other
-  rules (relabel, merge) at their defaults; ``... advised``: the same at the two-Gaussian advised
-  threshold;
-* ``LOO-mean angle, calibrated``: the new default (``drop_rule="calibrated"``), one round;
-* ``... 2 rounds``: ``cleanface purify RUN DATA --rounds 2`` (``cleanface.pipeline.rounds``);
+* ``sub-center angle > 75°``: purify's rules before issue 16 (``drop_rule="angle"``) and 17
+  (``merge_rule = split_rule = "angle"``), relabel at its default; ``... advised``: the same at the
+  two-Gaussian advised threshold;
+* ``LOO-mean angle, calibrated, 1 round``: the calibrated rules (``drop_rule="calibrated"``, calibrated
+  merge and split), one round (``--rounds 1``);
+* ``... 2 rounds (default)``: ``cleanface purify RUN DATA`` (``--rounds 2``, ``cleanface.pipeline.rounds``);
 * baselines at their defaults, as in ``benchmarks/lfw_noise.py``: ArcFace K=1 angle > 75°
   (``angle-k1``), cleanlab ``find_label_issues`` on 3-fold cross-validated probabilities, and the
   vote of the 10 nearest neighbours (``knn-vote``).
@@ -110,7 +111,7 @@ def timed_decide(emb, index, centers, settings):
     from cleanface.purify.decisions import decide
 
     t0 = time.process_time()
-    d = decide(emb, index.labels, centers, settings, names=list(index.names), silent=True)
+    d = decide(emb, index.labels, centers, settings, names=list(index.names), silent=True, labels_learned=True)  # the own run's embeddings, as purify RUN DATA
     return d, d.action != ACTIONS.index("keep"), time.process_time() - t0
 
 
@@ -121,13 +122,14 @@ def step_compare(dataset: str, rate: float) -> dict:
     index, truth, emb, centers = own_arrays(d)
     flags, cpu, extra = {}, {}, {}
     old, flags["sub-center angle > 75° (purify before)"], cpu["sub-center angle > 75° (purify before)"] = timed_decide(
-        emb, index, centers, PurifySettings(drop_rule="angle"))
+        emb, index, centers, PurifySettings(drop_rule="angle", merge_rule="angle", split_rule="angle"))
     adv = old.advice.get("threshold")
     if adv is not None:
         key = "sub-center angle > advised (two-Gaussian)"
-        _, flags[key], cpu[key] = timed_decide(emb, index, centers, PurifySettings(drop_rule="angle", threshold=float(adv)))
+        _, flags[key], cpu[key] = timed_decide(emb, index, centers, PurifySettings(drop_rule="angle", merge_rule="angle", split_rule="angle",
+                                                                                  threshold=float(adv)))
         extra["advised_threshold"] = round(float(adv), 2)
-    new, flags["LOO-mean angle, calibrated (default, 1 round)"], cpu["LOO-mean angle, calibrated (default, 1 round)"] = timed_decide(
+    new, flags["LOO-mean angle, calibrated, 1 round (`--rounds 1`)"], cpu["LOO-mean angle, calibrated, 1 round (`--rounds 1`)"] = timed_decide(
         emb, index, centers, PurifySettings())
     extra["calibration"] = new.calibration
     loo = np.nan_to_num(new.loo_angle, nan=0.0)
@@ -135,7 +137,7 @@ def step_compare(dataset: str, rate: float) -> dict:
     flags["LOO-mean angle > calibrated, drop rule alone (no relabel/merge)"] = loo > (cal if cal is not None else 180.0)
     r2 = d / "purify_r2"
     if (r2 / "COMPLETE").is_file():
-        key = "LOO-mean angle, calibrated, 2 rounds"
+        key = "LOO-mean angle, calibrated, 2 rounds (default)"
         flags[key] = ln.read_decisions(r2 / "decisions.csv", len(index)) != "keep"
         extra["calibration_round2"] = json.loads((r2 / "summary.json").read_text()).get("calibration")
     base = d / "baselines.npz"

@@ -123,18 +123,20 @@ def decode_rgb(data: bytes) -> np.ndarray:
 
 def known_descriptors(reuse, meta: dict) -> dict[str, np.ndarray]:
     """Descriptors already computed, keyed by the SHA-1 of the image bytes: ``reuse`` is a list of (data, embeddings dir)
-    pairs written by :func:`embed_dataset` with the same model, mode and jitter (others are ignored)."""
+    pairs written by :func:`embed_dataset` with the same model, mode and jitter (others are ignored). Images that failed
+    or had no detected face there are left out: they are embedded again and listed again."""
     from cleanface.data.open import open_dataset
 
     known: dict[str, np.ndarray] = {}
     for data, emb_dir in reuse or []:
         done = json.loads((Path(emb_dir) / "embeddings.json").read_text())
-        if any(done.get(k) != meta[k] for k in ("model", "mode", "jitter")) or done.get("no_face"):
+        if any(done.get(k) != meta[k] for k in ("model", "mode", "jitter")):
             continue
         index = open_dataset(data, silent=True)
         emb = np.load(Path(emb_dir) / "embeddings.npy")
+        skip = set(done.get("failed", [])) | set(done.get("no_face", []))  # embedded again, so that no_face stays right
         for i in range(len(index)):
-            if i not in set(done.get("failed", [])):
+            if i not in skip:
                 known[hashlib.sha1(index.read_bytes(i)).hexdigest()] = emb[i]
     return known
 

@@ -20,10 +20,6 @@ from cleanface.purify.settings import DROP_RULES, IDENTITY_RULES, PurifySettings
 from cleanface_cli._common import console, handle_errors, no_report_option, render_report_after, silent_option
 
 _DEFAULTS = PurifySettings()
-# Two rounds flag better on 5 of 6 real noisy sets (BENCHMARKS.md, "Which signal finds the noise"), but on the synthetic
-# demo set the second, tighter model meets the fixed relabel and merge angles and merges 15 of 100 identities: one round
-# stays the default until those rules are calibrated too.
-DEFAULT_ROUNDS = 1
 
 
 @click.command("purify")
@@ -35,7 +31,7 @@ DEFAULT_ROUNDS = 1
                    "dominant sub-center.")
 @click.option("--noise-cut", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=_DEFAULTS.noise_cut, show_default=True,
               help="calibrated rule: drop images whose estimated probability of a wrong label is at least this.")
-@click.option("--rounds", type=click.IntRange(1, 5), default=None, show_default="1",
+@click.option("--rounds", type=click.IntRange(1, 5), default=None, show_default="2 with RUN, else 1",
               help="With RUN: after each round, train a new model (RUN's settings) on the images it kept and score the whole "
                    "input again (one more training per round); the rounds are kept in OUT/rounds.")
 @click.option("--threshold", type=click.FloatRange(0, 180), default=_DEFAULTS.threshold, show_default=True,
@@ -109,6 +105,7 @@ def purify_cmd(
     identities that look like two people are reported (split with --split). OUT holds the cleaned dataset, decisions.csv,
     summary.json, analysis.npz and the report (report/index.html).
     """
+    from cleanface.pipeline.rounds import DEFAULT_ROUNDS
     from cleanface.purify.runner import DEFAULT_K, purify, purify_from_embeddings
     from cleanface.report.purify import render_purify_report
 
@@ -196,6 +193,8 @@ def summary_table(summary: dict) -> Table:
     for rule, fit in (summary.get("identity_calibration") or {}).items():
         if fit.get("warning"):
             table.add_row(f"[yellow]{rule} warning[/yellow]", fit["warning"])
+        if fit.get("auto_merge_reason"):
+            table.add_row("merges", fit["auto_merge_reason"])
     table.add_row("duplicate pairs / outlier groups", f"{summary['duplicate_pairs']} / {len(summary['outlier_groups'])}")
     if summary.get("non_finite"):
         table.add_row("non-finite embeddings", str(summary["non_finite"]))

@@ -199,7 +199,7 @@ PURIFY_KEYS = (
 @register_stage("purify", refs=("input", "run", "truth"))
 def purify_stage(ctx: StageContext) -> dict[str, Any]:
     """Embed, decide and write the cleaned dataset with a decision for every image."""
-    from cleanface.pipeline.rounds import purify_in_rounds
+    from cleanface.pipeline.rounds import DEFAULT_ROUNDS, purify_in_rounds
     from cleanface.purify.settings import PurifySettings
 
     s = ctx.settings
@@ -208,7 +208,7 @@ def purify_stage(ctx: StageContext) -> dict[str, Any]:
     truth = ctx.upstream("truth", "truth") if "truth" in s else None
     out = ctx.dir / "clean"
     purify_in_rounds(
-        ctx.upstream("run", "run"), ctx.upstream("input", "data"), out, rounds=int(s.get("rounds", 1)), settings=settings,
+        ctx.upstream("run", "run"), ctx.upstream("input", "data"), out, rounds=int(s.get("rounds", DEFAULT_ROUNDS)), settings=settings,
         fmt=s.get("format", "folder"), truth=truth, overwrite=True, device=s.get("device", "cpu"), silent=ctx.silent,
     )
     from cleanface.report.purify import render_purify_report

@@ -164,7 +164,7 @@ class Decisions:
 def decide(
     embeddings: np.ndarray, labels: np.ndarray, centers: np.ndarray, settings: PurifySettings | None = None, *,
     names: list[str] | None = None, silent: bool = True, stage_hook: Callable[[str], None] | None = None,
-    centre_weights: np.ndarray | None = None,
+    centre_weights: np.ndarray | None = None, labels_learned: bool = False,
 ) -> Decisions:
     """Apply every rule (see the module docstring), in order, and return the decisions.
 
@@ -175,12 +175,16 @@ def decide(
     when None), after which new identities are named; ``stage_hook``: called with each
     stage's name as it starts (``"done"`` at the end), for benchmarks; ``centre_weights`` (N,):
     each image's weight in its identity's mean for the calibrated drop rule (an earlier
-    round's decisions, :func:`cleanface.purify.reference.reference_weights`).
+    round's decisions, :func:`cleanface.purify.reference.reference_weights`); ``labels_learned``:
+    the embeddings come from a model trained on these very labels (purify with a run), whose
+    merge proposals are reported but never merged without a person (see
+    :func:`cleanface.purify.rules.apply_calibrated_merge`).
     """
     settings = settings or PurifySettings()
     clock = StageClock(stage_hook)
     clock.stage("analysis")
     state = analyse(embeddings, labels, centers, names, silent=silent, centre_weights=centre_weights)
+    state.labels_learned = bool(labels_learned)
     apply_drop(state, settings)
     clock.stage("merge")
     apply_merge(state, settings)

@@ -45,14 +45,15 @@ import numpy as np
 from cleanface.purify import _faiss
 from cleanface.purify.analysis import cos_to_degrees, finite_rows, unit_rows
 from cleanface.purify.calibration import Calibration, calibrate
-from cleanface.purify.signals import CHUNK, identity_sums
+from cleanface.purify.signals import CHUNK, add_rows, identity_sums
 
 MERGE_MIN_IMAGES = 3  # images an identity (and each half of the reference) needs to be compared: fewer give too noisy a similarity
 REFERENCE_TAIL = 0.01  # a proposal must lie inside the reference distribution it is said to belong to, but for this tail
 MERGE_CANDIDATES = 10  # identities searched per identity (by mean direction) before rescoring by similarity
 RANDOM_PAIRS = 20_000  # pairs of identities drawn for the two-people reference
 SPLIT_MIN_IMAGES = 3  # each group of a split holds at least this many images
-TWO_MEANS_ITERATIONS = 8
+TWO_MEANS_ITERATIONS = 8  # at most: the rounds stop once at most TWO_MEANS_TOLERANCE of the members change group
+TWO_MEANS_TOLERANCE = 0.001
 
 
 @dataclass(frozen=True)
@@ -66,32 +67,48 @@ class GroupSums:
 def group_sums(embeddings: np.ndarray, groups: np.ndarray, num_groups: int, members: np.ndarray | None = None) -> GroupSums:
     """Sums and sizes of ``num_groups`` groups; ``groups`` (N,) in [0, G) or -1 (in no group); ``members`` (N,) bool, optional.
 
-    Non-finite rows count in no group.
+    ``members`` must leave out the rows that are not finite (the rules' members do); when it
+    is None the finite rows are found here, in one more pass over the embeddings.
     """
     groups = np.asarray(groups, dtype=np.int64)
-    inside = groups >= 0 if members is None else (groups >= 0) & np.asarray(members, dtype=bool)
-    weights = inside.astype(np.float32)
-    sums = identity_sums(embeddings, np.where(inside, groups, 0), num_groups, weights)
-    finite = finite_rows(embeddings)
-    counts = np.bincount(groups[inside & finite], minlength=num_groups).astype(np.int64)
+    members = finite_rows(embeddings) if members is None else np.asarray(members, dtype=bool)
+    inside = (groups >= 0) & members
+    sums = identity_sums(embeddings, np.where(inside, groups, 0), num_groups, inside.astype(np.float32))
+    counts = np.bincount(groups[inside], minlength=num_groups).astype(np.int64)
     return GroupSums(sums, counts)
 
 
-def pooled_similarity(sa: np.ndarray, na: np.ndarray, sb: np.ndarray, nb: np.ndarray) -> np.ndarray:
+def pooled_similarity(sa: np.ndarray, na: np.ndarray, sb: np.ndarray, nb: np.ndarray, *, chunk: int = CHUNK) -> np.ndarray:
     """``q = between / pooled within`` mean pairwise cosine (module docstring), row by row: float64 (M,).
 
     ``sa``, ``sb`` (M, D) sums of unit embeddings, ``na``, ``nb`` (M,) sizes. NaN where a
     group is empty, where neither group holds a pair, or where the pooled within-group
-    similarity is not positive (no coherent group to compare against).
+    similarity is not positive (no coherent group to compare against). Dot products are
+    taken ``chunk`` rows at a time, in float64, without a float64 copy of the sums.
     """
-    sa, sb = np.asarray(sa, dtype=np.float64), np.asarray(sb, dtype=np.float64)
     na, nb = np.asarray(na, dtype=np.float64), np.asarray(nb, dtype=np.float64)
+    m = len(na)
+    sq_a, sq_b, dots = np.empty(m), np.empty(m), np.empty(m)
+    for lo in range(0, m, chunk):
+        x, y = np.asarray(sa[lo : lo + chunk]), np.asarray(sb[lo : lo + chunk])
+        sq_a[lo : lo + chunk] = np.einsum("pd,pd->p", x, x, dtype=np.float64)
+        sq_b[lo : lo + chunk] = np.einsum("pd,pd->p", y, y, dtype=np.float64)
+        dots[lo : lo + chunk] = np.einsum("pd,pd->p", x, y, dtype=np.float64)
     pairs = na * (na - 1) + nb * (nb - 1)
     with np.errstate(invalid="ignore", divide="ignore"):
-        within = ((sa * sa).sum(-1) - na + (sb * sb).sum(-1) - nb) / pairs
-        between = (sa * sb).sum(-1) / (na * nb)
-        q = between / within
+        within = (sq_a - na + sq_b - nb) / pairs
+        q = dots / (na * nb) / within
     return np.where((na >= 1) & (nb >= 1) & (pairs > 0) & (within > 1e-6), q, np.nan)
+
+
+def pair_similarities(first: GroupSums, a: np.ndarray, second: GroupSums, b: np.ndarray, *, chunk: int = CHUNK) -> np.ndarray:
+    """:func:`pooled_similarity` of the pairs ``(first[a[i]], second[b[i]])``: float64 (P,), gathered ``chunk`` pairs at a time."""
+    a, b = np.asarray(a, dtype=np.int64), np.asarray(b, dtype=np.int64)
+    out = np.empty(len(a), dtype=np.float64)
+    for lo in range(0, len(a), chunk):
+        i, j = a[lo : lo + chunk], b[lo : lo + chunk]
+        out[lo : lo + chunk] = pooled_similarity(first.sums[i], first.counts[i], second.sums[j], second.counts[j])
+    return out
 
 
 def similarity_angle(q: np.ndarray) -> np.ndarray:
@@ -127,17 +144,18 @@ def random_halves(labels: np.ndarray, members: np.ndarray, seed: int) -> np.ndar
     return half
 
 
-def half_similarities(embeddings: np.ndarray, labels: np.ndarray, num_classes: int, members: np.ndarray, *, seed: int = 0) -> np.ndarray:
-    """``q`` between two random halves of each identity's members: (C,), NaN unless both halves hold ``MERGE_MIN_IMAGES`` or more.
+def half_similarities(embeddings: np.ndarray, labels: np.ndarray, num_classes: int, members: np.ndarray, *, seed: int = 0,
+                      min_images: int = MERGE_MIN_IMAGES) -> np.ndarray:
+    """``q`` between two random halves of each identity's ``members`` (finite rows only): (C,), NaN unless both halves hold ``min_images`` or more.
 
     The same-person reference of the merge rule.
     """
     half = random_halves(labels, members, seed)
     labels = np.asarray(labels, dtype=np.int64)
-    a = group_sums(embeddings, np.where(half == 0, labels, -1), num_classes)
-    b = group_sums(embeddings, np.where(half == 1, labels, -1), num_classes)
+    a = group_sums(embeddings, labels, num_classes, half == 0)
+    b = group_sums(embeddings, labels, num_classes, half == 1)
     q = pooled_similarity(a.sums, a.counts, b.sums, b.counts)
-    return np.where((a.counts >= MERGE_MIN_IMAGES) & (b.counts >= MERGE_MIN_IMAGES), q, np.nan)
+    return np.where((a.counts >= min_images) & (b.counts >= min_images), q, np.nan)
 
 
 def random_pair_similarities(sums: GroupSums, *, pairs: int = RANDOM_PAIRS, seed: int = 0) -> np.ndarray:
@@ -149,26 +167,25 @@ def random_pair_similarities(sums: GroupSums, *, pairs: int = RANDOM_PAIRS, seed
     i = rng.integers(0, len(usable), size=pairs)
     j = rng.integers(0, len(usable) - 1, size=pairs)
     j += j >= i  # uniform over the others
-    a, b = usable[i], usable[j]
-    q = pooled_similarity(sums.sums[a], sums.counts[a], sums.sums[b], sums.counts[b])
+    q = pair_similarities(sums, usable[i], sums, usable[j])
     return q[np.isfinite(q)]
 
 
 # -- merge: the nearest other identity -------------------------------------------------------------------
 def nearest_identities(sums: GroupSums, other: GroupSums | None = None, *, exact_below: int = 50_000, seed: int = 0,
-                       silent: bool = True, candidates: int = MERGE_CANDIDATES) -> tuple[np.ndarray, np.ndarray]:
+                       silent: bool = True, candidates: int = MERGE_CANDIDATES, min_images: int = MERGE_MIN_IMAGES) -> tuple[np.ndarray, np.ndarray]:
     """For each identity of ``sums``, the identity of highest ``q`` among its ``candidates`` nearest by mean direction.
 
     Searched among the other identities of ``sums`` itself, or among those of ``other``
     (another dataset, embedded by the same model). Returns ``(nearest int64 (C,), q
-    float64 (C,))``; -1 / NaN for an identity with fewer than ``MERGE_MIN_IMAGES`` members
+    float64 (C,))``; -1 / NaN for an identity with fewer than ``min_images`` members
     or without such a candidate.
     """
     c = len(sums.counts)
     nearest = np.full(c, -1, dtype=np.int64)
     best = np.full(c, np.nan)
     target = sums if other is None else other
-    queries, has = _with_mean(sums), _with_mean(target)
+    queries, has = _with_mean(sums, min_images), _with_mean(target, min_images)
     if not len(queries) or len(has) < (2 if other is None else 1):
         return nearest, best
     directions = unit_rows(target.sums[has], dtype=np.float32)
@@ -185,7 +202,7 @@ def nearest_identities(sums: GroupSums, other: GroupSums | None = None, *, exact
     a, b = rows[ok], has[cols[ok]]
     if other is None:
         a, b = a[a != b], b[a != b]
-    q = pooled_similarity(sums.sums[a], sums.counts[a], target.sums[b], target.counts[b])
+    q = pair_similarities(sums, a, target, b)
     q = np.where(np.isfinite(q), q, -np.inf)
     order = np.lexsort((b, -q, a))  # per identity: highest q first, ties to the lower label
     a, b, q = a[order], b[order], q[order]
@@ -196,9 +213,9 @@ def nearest_identities(sums: GroupSums, other: GroupSums | None = None, *, exact
     return nearest, best
 
 
-def _with_mean(sums: GroupSums) -> np.ndarray:
-    """Identities with at least ``MERGE_MIN_IMAGES`` members and a non-zero sum."""
-    return np.flatnonzero((sums.counts >= MERGE_MIN_IMAGES) & (np.linalg.norm(sums.sums, axis=1) > 1e-6))
+def _with_mean(sums: GroupSums, min_images: int) -> np.ndarray:
+    """Identities with at least ``min_images`` members and a non-zero sum."""
+    return np.flatnonzero((sums.counts >= min_images) & (np.linalg.norm(sums.sums, axis=1) > 1e-6))
 
 
 def calibrate_merges(nearest_q: np.ndarray, halves_q: np.ndarray, *, cut: float = 0.5) -> tuple[Calibration | None, np.ndarray]:
@@ -227,33 +244,47 @@ def two_groups(embeddings: np.ndarray, labels: np.ndarray, num_classes: int, mem
                iterations: int = TWO_MEANS_ITERATIONS, chunk: int = CHUNK) -> np.ndarray:
     """Spherical 2-means inside every identity at once: each member's group (0 or 1), -1 for non-members.
 
+    ``members`` (N,) bool must leave out the rows that are not finite.
+
     Seeds, per identity: the member farthest from the identity's mean (group 1's seed) and
     the member farthest from that one (group 0's); then ``iterations`` rounds of assigning
-    each member to the nearer group mean. Deterministic. The embeddings are read ``chunk``
-    rows at a time (two passes per round), never copied whole; besides the (N,) groups it
-    holds three (C, D) float32 arrays.
+    each member to the nearer group mean, stopping early once at most ``TWO_MEANS_TOLERANCE``
+    of the members change group.
+    Deterministic. The embeddings are read ``chunk``
+    rows at a time (one pass per round), never copied whole; besides the (N,) groups it
+    holds four (C, D) float32 arrays.
     """
     labels = np.asarray(labels, dtype=np.int64)
-    members = np.asarray(members, dtype=bool) & finite_rows(embeddings)
+    members = np.asarray(members, dtype=bool)
     group = np.full(len(labels), -1, dtype=np.int64)
-    if not members.any():
+    members_count = int(members.sum())
+    if not members_count:
         return group
     mean = unit_rows(identity_sums(embeddings, labels, num_classes, members.astype(np.float32)), dtype=np.float32)
     seed1 = _farthest(embeddings, labels, members, mean, chunk)
     del mean
     c1 = _unit_rows_at(embeddings, seed1)
     c0 = _unit_rows_at(embeddings, _farthest(embeddings, labels, members, c1, chunk))
-    for _ in range(max(1, iterations)):
+    for _ in range(max(1, iterations)):  # one pass a round: assign with the centres, sum the rows for the next ones
+        changed = 0
+        both = np.zeros((2 * num_classes, c0.shape[1]), dtype=np.float32)
         for lo in range(0, len(labels), chunk):
-            x = unit_rows(np.asarray(embeddings[lo : lo + chunk], dtype=np.float32), dtype=np.float32)
+            x = np.nan_to_num(unit_rows(np.asarray(embeddings[lo : lo + chunk], dtype=np.float32), dtype=np.float32))
             lab = labels[lo : lo + chunk]
-            nearer_1 = np.einsum("nd,nd->n", x, c1[lab]) > np.einsum("nd,nd->n", x, c0[lab])
-            group[lo : lo + chunk] = np.where(members[lo : lo + chunk], nearer_1.astype(np.int64), -1)
+            inside = members[lo : lo + chunk]
+            nearer_1 = (np.einsum("nd,nd->n", x, c1[lab]) > np.einsum("nd,nd->n", x, c0[lab])).astype(np.int64)
+            new = np.where(inside, nearer_1, -1)
+            changed += int((new != group[lo : lo + chunk]).sum())
+            group[lo : lo + chunk] = new
+            add_rows(both, 2 * lab + nearer_1, x, inside.astype(np.float32))
+        if changed <= members_count * TWO_MEANS_TOLERANCE:  # converged, or nearly: the centres would hardly move
+            break
+        both = both.reshape(num_classes, 2, -1)
         for g, centre in ((0, c0), (1, c1)):
-            sums = identity_sums(embeddings, labels, num_classes, (group == g).astype(np.float32), chunk=chunk)
-            norm = np.linalg.norm(sums, axis=1)
+            norm = np.linalg.norm(both[:, g], axis=1)
             filled = norm > 1e-6  # an emptied group keeps its centre
-            centre[filled] = sums[filled] / norm[filled, None]
+            centre[filled] = both[filled, g] / norm[filled, None]
+        del both
     return group
 
 
@@ -293,8 +324,8 @@ def split_similarities(embeddings: np.ndarray, labels: np.ndarray, num_classes: 
     and ``min_share`` of the identity's members (a few outliers are not a second person).
     """
     labels = np.asarray(labels, dtype=np.int64)
-    g0 = group_sums(embeddings, np.where(group == 0, labels, -1), num_classes)
-    g1 = group_sums(embeddings, np.where(group == 1, labels, -1), num_classes)
+    g0 = group_sums(embeddings, labels, num_classes, group == 0)
+    g1 = group_sums(embeddings, labels, num_classes, group == 1)
     q = pooled_similarity(g0.sums, g0.counts, g1.sums, g1.counts)
     total = g0.counts + g1.counts
     small = np.minimum(g0.counts, g1.counts)

@@ -27,6 +27,8 @@ from cleanface.purify.analysis import finite_rows, unit_rows
 from cleanface.purify.identities import calibrate_merges, group_sums, half_similarities, nearest_identities
 from cleanface.purify.neighbours import DUP_NEIGHBOURS, DUP_NPROBE, SAMPLE_STORAGE
 
+OVERLAP_MIN_IMAGES = 2  # images each side needs: test identities are often small, and the embedder is usually a pretrained one
+
 
 @dataclass
 class Overlap:
@@ -58,13 +60,15 @@ class Overlap:
 
 
 def identity_overlap(emb_a: np.ndarray, labels_a: np.ndarray, num_a: int, emb_b: np.ndarray, labels_b: np.ndarray, num_b: int, *,
-                     cut: float = 0.5, exact_below: int = 50_000, seed: int = 0, silent: bool = True):
+                     cut: float = 0.5, exact_below: int = 50_000, seed: int = 0, silent: bool = True,
+                     min_images: int = OVERLAP_MIN_IMAGES):
     """``(nearest, similarity, score, calibration dict)`` of each identity of A against the identities of B (see :class:`Overlap`)."""
-    sums_a = group_sums(emb_a, labels_a, num_a)
-    sums_b = group_sums(emb_b, labels_b, num_b)
-    nearest, q = nearest_identities(sums_a, sums_b, exact_below=exact_below, seed=seed, silent=silent)
-    halves = np.concatenate([half_similarities(emb_a, labels_a, num_a, np.ones(len(labels_a), bool), seed=seed),
-                             half_similarities(emb_b, labels_b, num_b, np.ones(len(labels_b), bool), seed=seed)])
+    fin_a, fin_b = finite_rows(emb_a), finite_rows(emb_b)
+    sums_a = group_sums(emb_a, labels_a, num_a, fin_a)
+    sums_b = group_sums(emb_b, labels_b, num_b, fin_b)
+    nearest, q = nearest_identities(sums_a, sums_b, exact_below=exact_below, seed=seed, silent=silent, min_images=min_images)
+    halves = np.concatenate([half_similarities(emb_a, labels_a, num_a, fin_a, seed=seed, min_images=min_images),
+                             half_similarities(emb_b, labels_b, num_b, fin_b, seed=seed, min_images=min_images)])
     cal, score = calibrate_merges(q, halves, cut=cut)
     if cal is None:
         info = {"used": False, "reason": "too few identities with two halves of two images, or with a nearest identity, to calibrate"}

@@ -96,6 +96,7 @@ class DecisionState:
     noise_score: np.ndarray
     calibration: dict = field(default_factory=dict)
     identity_calibration: dict = field(default_factory=dict)
+    labels_learned: bool = False
     centre_weights: np.ndarray | None = None
     subcenter_index: "_faiss.BuiltIndex | None" = None
     subcenter_identities: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
@@ -284,7 +285,9 @@ def apply_calibrated_merge(state: DecisionState, settings: PurifySettings) -> No
     groups are the connected proposals. Sets ``identity_calibration["merge"]``, ``merges``
     (each with ``similarity`` and ``score``, the lowest over its pairs, and ``merged``) and,
     with ``settings.merge``, merges the groups whose every pair reaches ``merge_auto_cut``
-    (``merge_to``, ``action = MERGE``). With too few identities to calibrate it falls
+    (``merge_to``, ``action = MERGE``) unless ``labels_learned``: a model trained on these
+    labels merged only wrong pairs at 0.9 on LFW (a politician into a singer), so its
+    proposals wait for a person. With too few identities to calibrate it falls
     back to :func:`apply_angle_merge` and says so.
     """
     members = (state.action == KEEP) & state.finite
@@ -304,8 +307,14 @@ def apply_calibrated_merge(state: DecisionState, settings: PurifySettings) -> No
     mutual = (nearest >= 0) & (nearest[np.maximum(nearest, 0)] == ident)
     proposed = np.flatnonzero(mutual & (np.nan_to_num(score, nan=0.0) >= settings.merge_cut) & (ident < nearest))
     a, b = proposed, nearest[proposed]
-    state.merges, merge_to = calibrated_merge_groups(a, b, q[a], score[a], state.counts, settings.merge_auto_cut if settings.merge else None)
-    if settings.merge:
+    auto = settings.merge and not state.labels_learned
+    state.identity_calibration["merge"]["auto_merge"] = auto
+    if settings.merge and not auto:
+        state.identity_calibration["merge"]["auto_merge_reason"] = (
+            "the embeddings come from a model trained on these labels, which pushes two names of one person apart: the "
+            "proposals are reported, not merged (review them, or purify with --embeddings of a pretrained model)")
+    state.merges, merge_to = calibrated_merge_groups(a, b, q[a], score[a], state.counts, settings.merge_auto_cut if auto else None)
+    if auto:
         _merge_into(state, merge_to)
 
 

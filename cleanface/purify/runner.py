@@ -354,7 +354,8 @@ def _decide_and_write(out: Path, inputs: _Inputs, settings: PurifySettings, embe
         timings = {"embed": round(time.perf_counter() - t0, 3)}
         check_embeddings(settings, emb)
         centers, subcenters = _subcenters(inputs, emb, settings, timings)
-        decisions = decide(emb, inputs.index.labels, centers, settings, names=inputs.index.names, silent=silent, centre_weights=inputs.weights)
+        decisions = decide(emb, inputs.index.labels, centers, settings, names=inputs.index.names, silent=silent, centre_weights=inputs.weights,
+                           labels_learned=embedded != "given" and inputs.loaded is not None)
         check_decisions(settings, decisions, len(inputs.index.names))
         timings.update(decisions.timings)
         t0 = time.perf_counter()

@@ -489,7 +489,8 @@ def identity_calibration_view(summary: dict[str, Any]) -> list[dict[str, Any]]:
             continue
         used = bool(cal.get("used"))
         out.append({"rule": rule, "used": used, "what": what, "fallback": fallback, "reason": None if used else cal.get("reason"),
-                    "rate": _float(cal.get(key, cal.get("noise_rate"))) if used else None, "count": cal.get("angles") if used else None})
+                    "rate": _float(cal.get(key, cal.get("noise_rate"))) if used else None, "count": cal.get("angles") if used else None,
+                    "notes": [str(cal[k]) for k in ("warning", "auto_merge_reason") if cal.get(k)]})
     return out
 
 

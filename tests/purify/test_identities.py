@@ -136,3 +136,21 @@ def test_the_close_pair_is_not_merged_even_when_asked_to_merge_eagerly():
     centers = group_sums(emb, labels, len(names)).sums[:, None, :]
     d = decide(emb, labels, centers, PurifySettings(merge_cut=0.05, merge_auto_cut=0.05), names=names)
     assert not any({"p02", "p03"} <= set(m["identities"]) for m in d.merges)
+
+
+def test_group_sums_leave_out_non_finite_rows_unless_told_the_members():
+    emb, labels, names = crawl()
+    emb[0] = np.nan
+    found = group_sums(emb, labels, len(names))
+    assert found.counts[0] == 9 and np.isfinite(found.sums).all()
+    assert group_sums(emb, labels, len(names), labels != 0).counts[0] == 0
+
+
+def test_a_model_trained_on_the_labels_proposes_merges_but_never_merges():
+    emb, labels, names = crawl()
+    centers = group_sums(emb, labels, len(names)).sums[:, None, :]
+    d = decide(emb, labels, centers, names=names, labels_learned=True)
+    assert [m["identities"] for m in d.merges] == [["p00", "p00-again"]] and d.merges[0]["merged"] is False
+    assert d.action_counts()["merge"] == 0 and d.identity_calibration["merge"]["auto_merge"] is False
+    assert "trained on these labels" in d.identity_calibration["merge"]["auto_merge_reason"]
+    assert decide(emb, labels, centers, names=names).identity_calibration["merge"]["auto_merge"] is True

@@ -79,3 +79,12 @@ def test_a_used_split_calibration_shows_its_share(tmp_path):
 def test_outputs_without_identity_calibration_show_none(purify_dir):
     text = _text(render_purify_report(purify_dir))
     assert "merge rule" not in text.lower() and "split rule" not in text.lower()
+
+
+def test_identity_calibration_view_carries_the_warning_and_why_nothing_was_merged():
+    from cleanface.report.purify import identity_calibration_view
+
+    view = identity_calibration_view({"identity_calibration": {"merge": {
+        "used": True, "same_person_rate": 0.4, "angles": 90, "warning": "40% of the identities look alike",
+        "auto_merge": False, "auto_merge_reason": "the embeddings come from a model trained on these labels"}}})
+    assert view[0]["notes"] == ["40% of the identities look alike", "the embeddings come from a model trained on these labels"]
