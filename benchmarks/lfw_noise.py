@@ -409,8 +409,8 @@ def diagnostics(args, rate: float) -> dict | None:
 
 # -- item 2: does cleaning pay? ----------------------------------------------------------------------------
 def accuracy_arm(args, root: Path, arm: str, seed: int, data, timings: Timings, *, pairs: Path | None = None,
-                 images_root: Path | None = None, crop: int | None = 128) -> dict:
-    """ElasticFace-Arc+ on ``data``, verified on ``pairs`` (LFW's pairsDevTest by default) at the given crop."""
+                 images_root: Path | None = None, crop: int | None = 128, head: str = "elastic-arc+", k: int = 1) -> dict:
+    """ElasticFace-Arc+ (or ``head`` with ``k`` sub-centers) on ``data``, verified on ``pairs`` (LFW's pairsDevTest by default) at the given crop."""
     from cleanface.eval.pairs import evaluate
     from cleanface.inference.run import load_run
 
@@ -419,7 +419,7 @@ def accuracy_arm(args, root: Path, arm: str, seed: int, data, timings: Timings, 
     if done is not None:
         return done
     settings = {**train_settings(args, seed), "crop": crop}
-    run = trained(arm_dir / "run", data, timings, f"accuracy/{arm}_s{seed}/train", head="elastic-arc+", settings=settings)
+    run = trained(arm_dir / "run", data, timings, f"accuracy/{arm}_s{seed}/train", head=head, settings=settings, k=k)
     with timings.step(f"accuracy/{arm}_s{seed}/evaluate"):
         loaded = load_run(run)
         res = evaluate(loaded.backbone, pairs or root / "pairsDevTest.txt", images_root=images_root or root / "images_deepfunneled", size=64, crop=crop)

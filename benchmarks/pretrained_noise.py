@@ -402,6 +402,8 @@ def step_accuracy(dataset: str, arms: list[str], seeds: list[int], rate: float, 
                 data = rate_dir / "purify" / "data"  # purify's angle rule (the default before issue 16)
             elif arm == "calibrated":
                 data = rate_dir / "purify_r2" / "data"  # the calibrated rule, 2 rounds (benchmarks/cleaning_ablation.py rounds)
+            elif arm == "calibrated-k3":  # the same set, the final model keeping 3 sub-centers (issue 16, item 5)
+                data = rate_dir / "purify_r2" / "data"
             elif arm == "calibrated1":
                 data = rate_dir / "purify_r2" / "rounds" / "round-1" / "data"  # its first round alone
             elif arm == "clean":
@@ -413,7 +415,8 @@ def step_accuracy(dataset: str, arms: list[str], seeds: list[int], rate: float, 
                 if not data.is_file():
                     index = open_dataset(rate_dir / "noisy", silent=True)
                     index.subset(np.flatnonzero(~named[choice[arm]]), renumber=True).save(data)
-            ln.accuracy_arm(args, DATA[dataset], arm, seed, data, timings, **where)
+            head = {"head": "subcenter-arcface", "k": 3} if arm == "calibrated-k3" else {}
+            ln.accuracy_arm(args, DATA[dataset], arm, seed, data, timings, **where, **head)
 
 
 def best_baseline_set(rate_dir: Path) -> Path:
@@ -485,7 +488,7 @@ def main() -> None:
     p.add_argument("--rate", type=float, default=0.2)
     p.add_argument("--noise-seed", type=int, default=1)
     p.add_argument("--epochs", type=int, default=6)
-    p.add_argument("--arms", default="noisy,cleanface,clean,dlib,or", help="accuracy: training sets (noisy, cleanface, calibrated, calibrated1, best-baseline, clean, dlib, or, and, concat)")
+    p.add_argument("--arms", default="noisy,cleanface,clean,dlib,or", help="accuracy: training sets (noisy, cleanface, calibrated, calibrated-k3, calibrated1, best-baseline, clean, dlib, or, and, concat)")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--lfw-threshold", type=float, default=None, help="a LOO-mean threshold chosen on LFW, reported unchanged (use on CelebA only)")
     args = p.parse_args()

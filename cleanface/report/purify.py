@@ -490,8 +490,13 @@ def identity_calibration_view(summary: dict[str, Any]) -> list[dict[str, Any]]:
         used = bool(cal.get("used"))
         out.append({"rule": rule, "used": used, "what": what, "fallback": fallback, "reason": None if used else cal.get("reason"),
                     "rate": _float(cal.get(key, cal.get("noise_rate"))) if used else None, "count": cal.get("angles") if used else None,
-                    "notes": [str(cal[k]) for k in ("warning", "auto_merge_reason") if cal.get(k)]})
+                    "notes": [_sentence(str(cal[k])) for k in ("warning", "auto_merge_reason") if cal.get(k)]})
     return out
+
+
+def _sentence(text: str) -> str:
+    """``text`` with a capital first letter (a note that starts a sentence of the report)."""
+    return text[:1].upper() + text[1:]
 
 
 def _list(summary: dict[str, Any], key: str) -> list[dict[str, Any]]:

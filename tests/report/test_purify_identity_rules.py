@@ -87,4 +87,4 @@ def test_identity_calibration_view_carries_the_warning_and_why_nothing_was_merge
     view = identity_calibration_view({"identity_calibration": {"merge": {
         "used": True, "same_person_rate": 0.4, "angles": 90, "warning": "40% of the identities look alike",
         "auto_merge": False, "auto_merge_reason": "the embeddings come from a model trained on these labels"}}})
-    assert view[0]["notes"] == ["40% of the identities look alike", "the embeddings come from a model trained on these labels"]
+    assert view[0]["notes"] == ["40% of the identities look alike", "The embeddings come from a model trained on these labels"]
