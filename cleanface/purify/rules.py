@@ -286,7 +286,7 @@ def apply_calibrated_merge(state: DecisionState, settings: PurifySettings) -> No
     (each with ``similarity`` and ``score``, the lowest over its pairs, and ``merged``) and,
     with ``settings.merge``, merges the groups whose every pair reaches ``merge_auto_cut``
     (``merge_to``, ``action = MERGE``) unless ``labels_learned``: a model trained on these
-    labels merged only wrong pairs at 0.9 on LFW (a politician into a singer), so its
+    labels merged wrong pairs at 0.9 on LFW (a politician into a singer), so its
     proposals wait for a person. With too few identities to calibrate it falls
     back to :func:`apply_angle_merge` and says so.
     """
