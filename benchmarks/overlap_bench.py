@@ -123,7 +123,7 @@ def embed(embedder: str, manifest: Path, out: Path):
 
     loaded = load_run(OWN_RUN)
     cfg = loaded.config.get("settings", loaded.config)
-    emb = embed_index(loaded.backbone, index, out, size=int(cfg.get("input_size", 64)), crop=cfg.get("crop", 128), flip=False, silent=True)
+    emb = embed_index(loaded.backbone, index, out, size=int(cfg.get("input_size", 64)), crop=cfg.get("crop", 128), silent=True)  # flip-fused, as `cleanface overlap --run`
     return index, np.asarray(emb, dtype=np.float32)
 
 
