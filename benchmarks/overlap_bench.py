@@ -193,7 +193,7 @@ def step_scale(args) -> dict:
 
 
 def step_render() -> str:
-    lines = ["| embedder | people | A / B identities | planted shared | proposed | precision | recall | copied images found | other image pairs | time |",
+    lines = ["| embedder | people | A / B identities | planted shared | proposed | precision | recall | copied images found | other image pairs | find_overlap time |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for e in ("dlib", "own"):
         r = ln.read_json(OUT / f"lfw_{e}.json")
