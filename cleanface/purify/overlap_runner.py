@@ -3,7 +3,7 @@
 :func:`overlap` opens both datasets (any format :func:`cleanface.data.open.open_dataset`
 reads), takes their embeddings (given in any layout that
 :func:`cleanface.inference.stored.read_embeddings` reads, or computed with the backbone
-of one training run), calls :func:`cleanface.purify.overlap.find_overlap` and writes the
+of one training run, flip-fused as ``cleanface embed`` does), calls :func:`cleanface.purify.overlap.find_overlap` and writes the
 output directory through a staging directory, ``COMPLETE`` last. A lock beside the output
 (``.<name>.lock``) refuses a second overlap into the same directory while one runs, and
 an output that could touch either dataset is refused: the inputs are only read.
