@@ -10,6 +10,7 @@ The pure helpers the rules use (:func:`drop_by_angle`, :func:`merge_groups`,
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -296,9 +297,8 @@ def apply_calibrated_merge(state: DecisionState, settings: PurifySettings) -> No
     halves = half_similarities(state.embeddings, state.labels, state.num_classes, members, seed=settings.seed)
     cal, score = calibrate_merges(q, halves, cut=settings.merge_cut)
     if cal is None:
-        state.identity_calibration["merge"] = {"used": False, "reason": "too few identities with two halves of "
-                                               f"{MERGE_MIN_IMAGES} kept images to calibrate; merged by the angle rule ({settings.merge_angle:g} degrees) instead"}
-        apply_angle_merge(state, settings)
+        _fall_back(state, settings, "merge", apply_angle_merge, f"too few identities with two halves of {MERGE_MIN_IMAGES} kept images "
+                   f"to calibrate; merged by the angle rule ({settings.merge_angle:g} degrees) instead")
         return
     _record_fit(state, "merge", cal, "same_person_rate", merge_similarity(cal.threshold),
                 "look like another one under a second name: the embeddings may not tell these people apart, so the merge proposals "
@@ -316,6 +316,13 @@ def apply_calibrated_merge(state: DecisionState, settings: PurifySettings) -> No
     state.merges, merge_to = calibrated_merge_groups(a, b, q[a], score[a], state.counts, settings.merge_auto_cut if auto else None)
     if auto:
         _merge_into(state, merge_to)
+
+
+def _fall_back(state: DecisionState, settings: PurifySettings, rule: str, angle_rule: Callable[[DecisionState, PurifySettings], None],
+               reason: str) -> None:
+    """A calibrated identity rule without enough data: say why in ``identity_calibration[rule]`` and apply ``angle_rule``."""
+    state.identity_calibration[rule] = {"used": False, "reason": reason}
+    angle_rule(state, settings)
 
 
 def _record_fit(state: DecisionState, rule: str, cal: Calibration, rate_key: str, similarity: float | None, doubt: str) -> None:
@@ -376,9 +383,8 @@ def apply_calibrated_split(state: DecisionState, settings: PurifySettings) -> No
     reference = random_pair_similarities(identity_sums_of(state, members), seed=settings.seed)
     cal, score = calibrate_splits(q, reference, cut=settings.split_cut)
     if cal is None:
-        state.identity_calibration["split"] = {"used": False, "reason": "too few identities with two well-filled groups to calibrate; "
-                                               f"split by the sub-center rule ({settings.split_angle:g} degrees) instead"}
-        apply_angle_split(state, settings)
+        _fall_back(state, settings, "split", apply_angle_split, "too few identities with two well-filled groups to calibrate; "
+                   f"split by the sub-center rule ({settings.split_angle:g} degrees) instead")
         return
     _record_fit(state, "split", cal, "two_people_rate", None if cal.threshold is None else merge_similarity(180.0 - cal.threshold),
                 "look like two people: the embeddings may not hold one person together, so the split proposals are doubtful; "
