@@ -51,8 +51,12 @@ REASONS = {"keep": "", "drop": "angle above threshold", "relabel": "closer to an
            "dedup": "near-duplicate", "new-identity": "outlier group"}
 
 
-def make_purify_dir(out: Path, images: int, identities: int, seed: int = 0) -> dict[str, int]:
-    """Write a synthetic ``decisions.csv`` and ``summary.json`` into ``out``; return their counts."""
+def make_purify_dir(out: Path, images: int, identities: int, seed: int = 0, *, scores: bool = False) -> dict[str, int]:
+    """Write a synthetic ``decisions.csv`` and ``summary.json`` into ``out``; return their counts.
+
+    ``scores``: add the calibrated rule's ``noise_score`` and ``loo_angle`` columns (kept
+    images Beta(1, 15): 3.5% at 0.2 or more; the others 0.5-1).
+    """
     rng = np.random.default_rng(seed)
     sizes = rng.integers(5, 16, identities)
     bounds = np.round(np.cumsum(sizes) * images / sizes.sum()).astype(np.int64)
@@ -67,15 +71,17 @@ def make_purify_dir(out: Path, images: int, identities: int, seed: int = 0) -> d
     other = (labels + rng.integers(1, identities, n)) % identities
     names = [f"person_{i:06d}" for i in range(identities)]
     out.mkdir(parents=True, exist_ok=True)
+    score = np.where(action == 0, rng.beta(1, 15, n), rng.uniform(0.5, 1.0, n))  # kept: 3.5% at 0.2 or more
     with open(out / "decisions.csv", "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle, lineterminator="\n")
-        writer.writerow(COLUMNS)
+        writer.writerow(COLUMNS + (("noise_score", "loo_angle") if scores else ()))
         for i in range(n):
             a, c = ACTIONS[action[i]], int(labels[i])
             new = {"keep": names[c], "drop": "", "dedup": "", "relabel": names[other[i]], "merge": names[other[i]],
                    "new-identity": f"outlier-group-{i % 300 + 1}"}[a]
-            writer.writerow((i, f"/data/faces/{names[c]}/{i:07d}.jpg", names[c], new, a, REASONS[a], f"{angle[i]:.4f}",
-                             int(nearest[i]), int(dominant[i]), names[other[i]], f"{rng.uniform(40, 90):.4f}"))
+            row = (i, f"/data/faces/{names[c]}/{i:07d}.jpg", names[c], new, a, REASONS[a], f"{angle[i]:.4f}",
+                   int(nearest[i]), int(dominant[i]), names[other[i]], f"{rng.uniform(40, 90):.4f}")
+            writer.writerow(row + ((f"{score[i]:.6f}", f"{angle[i] + 2:.4f}") if scores else ()))
     counts = {a: int((action == k).sum()) for k, a in enumerate(ACTIONS)}
     kept = n - counts["drop"] - counts["dedup"]
     pick = lambda k: rng.choice(n, k, replace=False).tolist()  # noqa: E731

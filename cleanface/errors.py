@@ -32,3 +32,7 @@ class TrainingError(CleanfaceError):
 
 class LockError(CleanfaceError):
     """Another live process holds the output directory."""
+
+
+class PipelinePaused(CleanfaceError):
+    """A pipeline stage waits for something a person provides (a review's overrides file); run the pipeline again after."""

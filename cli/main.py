@@ -13,7 +13,7 @@ import click
 
 from cleanface import __version__
 
-_MODULES = ("data_cmds", "synth_cmds", "train_cmds", "embed_cmds", "purify_cmds", "overlap_cmds", "report_cmds", "run_cmds", "invert_cmds")
+_MODULES = ("data_cmds", "synth_cmds", "train_cmds", "embed_cmds", "purify_cmds", "overlap_cmds", "review_cmds", "apply_cmds", "report_cmds", "run_cmds", "invert_cmds")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

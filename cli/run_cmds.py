@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import click
 from rich.table import Table
 
+from cleanface.errors import PipelinePaused
 from cleanface.pipeline import stages as _stages  # noqa: F401  (registers the stage kinds)
 from cleanface.pipeline.engine import plan_pipeline, run_pipeline
 from cleanface.pipeline.spec import apply_overrides, load_pipeline
 from cleanface.pipeline.summary import pipeline_summary
 from cleanface_cli._common import console, handle_errors, silent_option
+
+PAUSED_STATUS = 3  # exit status of a pipeline that waits for a person (a review), distinct from an error (1)
 
 
 def _plan_table(plan) -> Table:
@@ -51,14 +55,18 @@ def run_command(pipeline: Path, workdir: Path, overrides: tuple[str, ...], from_
     if dry_run:
         console.print(_plan_table(plan_pipeline(spec, workdir, from_stage=from_stage, until_stage=until_stage)))
         return
-    result = run_pipeline(
-        spec,
-        workdir,
-        from_stage=from_stage,
-        until_stage=until_stage,
-        silent=silent,
-        on_stage=lambda planned: console.rule(f"[bold]{planned.name}[/] ({planned.kind}, {planned.action})"),
-    )
+    try:
+        result = run_pipeline(
+            spec,
+            workdir,
+            from_stage=from_stage,
+            until_stage=until_stage,
+            silent=silent,
+            on_stage=lambda planned: console.rule(f"[bold]{planned.name}[/] ({planned.kind}, {planned.action})"),
+        )
+    except PipelinePaused as paused:  # not a failure: the finished stages are kept, a re-run continues
+        console.print(f"[yellow]paused[/]: {paused}")
+        sys.exit(PAUSED_STATUS)
     skipped = [p.name for p in result.plan if p.action == "skip"]
     if skipped:
         console.print(f"up to date, skipped: {', '.join(skipped)}")

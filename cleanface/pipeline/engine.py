@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from cleanface._atomic import RunLock, atomic_write_json, is_complete, mark_complete
-from cleanface.errors import ConfigError
+from cleanface.errors import ConfigError, PipelinePaused
 from cleanface.pipeline.spec import PipelineSpec, StageSpec
 
 FINGERPRINT_VERSION = 1
@@ -62,16 +62,41 @@ class StageKind:
     run: Callable[[StageContext], dict[str, Any]]
     refs: tuple[str, ...] = ("input",)
     help: str = ""
+    files: tuple[str, ...] = ()  # settings naming input files whose contents are part of the fingerprint
 
 
 STAGE_KINDS: dict[str, StageKind] = {}
+FILE_DEFAULTS: dict[str, dict[str, str]] = {}  # kind -> {setting: default file name}
 
 
-def register_stage(kind: str, *, refs: tuple[str, ...] = ("input",), help: str = "") -> Callable:
-    """Decorator registering a stage function under ``kind``."""
+def stage_file(spec: StageSpec, setting: str, workdir: Path) -> Path:
+    """The input file a stage's ``setting`` names (its default when absent), relative paths taken from ``workdir``."""
+    name = str(spec.settings.get(setting, FILE_DEFAULTS.get(spec.kind, {}).get(setting, "")))
+    if not name:
+        raise ConfigError(f"stage {spec.name!r} needs the setting {setting!r} naming a file")
+    path = Path(name).expanduser()
+    return path if path.is_absolute() else workdir / path
+
+
+def _file_stamp(path: Path) -> str:
+    """sha256 of a file's contents, or "absent"."""
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return "absent"
+
+
+def register_stage(kind: str, *, refs: tuple[str, ...] = ("input",), help: str = "", files: dict[str, str] | None = None) -> Callable:
+    """Decorator registering a stage function under ``kind``.
+
+    ``files``: settings that name an input file, with the file name used when the setting
+    is absent (relative paths are relative to the workdir); a stage re-runs when the
+    file's contents change, appear or disappear (:func:`stage_file`).
+    """
 
     def wrap(func: Callable[[StageContext], dict[str, Any]]) -> Callable[[StageContext], dict[str, Any]]:
-        STAGE_KINDS[kind] = StageKind(func, refs, help or (func.__doc__ or "").strip().splitlines()[0])
+        STAGE_KINDS[kind] = StageKind(func, refs, help or (func.__doc__ or "").strip().splitlines()[0], tuple(files or {}))
+        FILE_DEFAULTS[kind] = dict(files or {})
         return func
 
     return wrap
@@ -94,8 +119,8 @@ def _references(spec: StageSpec) -> list[str]:
     return names
 
 
-def fingerprints(spec: PipelineSpec) -> dict[str, str]:
-    """Fingerprint of every stage, from its kind, settings and referenced stages."""
+def fingerprints(spec: PipelineSpec, workdir: str | Path | None = None) -> dict[str, str]:
+    """Fingerprint of every stage, from its kind, settings, referenced stages and (with ``workdir``) the files it reads."""
     result: dict[str, str] = {}
     for stage in spec.stages:
         refs = _references(stage)
@@ -110,6 +135,8 @@ def fingerprints(spec: PipelineSpec) -> dict[str, str]:
             "settings": stage.settings,
             "upstream": {ref: result[ref] for ref in refs},
         }
+        if _kind(stage).files and workdir is not None:
+            payload["files"] = {key: _file_stamp(stage_file(stage, key, Path(workdir))) for key in _kind(stage).files}
         blob = json.dumps(payload, sort_keys=True, default=str).encode()
         result[stage.name] = hashlib.sha256(blob).hexdigest()[:16]
     return result
@@ -151,7 +178,7 @@ def plan_pipeline(
     stop = names.index(until_stage) if until_stage else len(names) - 1
     if start > stop:
         raise ConfigError(f"--from {from_stage!r} comes after --until {until_stage!r}")
-    fps = fingerprints(spec)
+    fps = fingerprints(spec, workdir)
     plan: list[PlannedStage] = []
     for position, stage in enumerate(spec.stages):
         stage_dir = workdir / stage.name
@@ -230,7 +257,12 @@ def run_pipeline(
             )
             context = StageContext(stage, workdir, stage_dir, result.outputs, silent)
             began = time.perf_counter()
-            outputs = _kind(stage).run(context) or {}
+            try:
+                outputs = _kind(stage).run(context) or {}
+            except PipelinePaused:
+                atomic_write_json(stage_dir / "stage.json", {"fingerprint": planned.fingerprint, "kind": stage.kind, "settings": stage.settings,
+                                                             "status": "waiting"})
+                raise
             result.seconds[stage.name] = time.perf_counter() - began
             stored = _store_outputs(workdir, outputs)
             atomic_write_json(

@@ -190,6 +190,7 @@ def train_final_stage(ctx: StageContext) -> dict[str, Any]:
     return _train(ctx, final=True)
 
 
+DATA_ENTRY = {"folder": "data", "manifest": "manifest.csv", "rec": "train.rec"}  # the dataset inside a purify (or apply) output
 PURIFY_KEYS = (
     "drop_rule", "noise_cut", "threshold", "relabel", "relabel_angle", "relabel_margin", "merge_rule", "merge_cut", "merge_auto_cut",
     "merge", "merge_angle", "split_rule", "split_cut", "split", "split_angle", "split_min_share", "dedup", "dup_cos", "drop_non_dominant", "keep_outlier_groups", "sanity_check",
@@ -214,9 +215,40 @@ def purify_stage(ctx: StageContext) -> dict[str, Any]:
     from cleanface.report.purify import render_purify_report
 
     summary = json.loads((out / "summary.json").read_text())
-    data = out / {"folder": "data", "manifest": "manifest.csv", "rec": "train.rec"}[s.get("format", "folder")]
+    data = out / DATA_ENTRY[s.get("format", "folder")]
     report = _report(out, render_purify_report, silent=ctx.silent)  # images read by the decisions' locations: no second indexing
-    return {"data": str(data), "summary": str(out / "summary.json"), **report, "images_after": summary.get("images_after")}
+    return {"data": str(data), "clean": str(out), "summary": str(out / "summary.json"), **report, "images_after": summary.get("images_after")}
+
+
+@register_stage("apply", refs=("input",), files={"overrides": "overrides.json"})
+def apply_stage(ctx: StageContext) -> dict[str, Any]:
+    """A person's review of a purify stage: wait for the overrides file, then apply it (the final dataset)."""
+    from cleanface.errors import PipelinePaused
+    from cleanface.pipeline.engine import stage_file
+    from cleanface.purify.apply import apply_overrides
+
+    s = ctx.settings
+    _unknown(ctx, ("input", "overrides", "format", "copy"))
+    clean = Path(ctx.upstream("input", "summary")).parent
+    overrides = stage_file(ctx.spec, "overrides", ctx.workdir)
+    if ctx.dir.resolve() in overrides.resolve().parents:
+        raise ConfigError(f"stage {ctx.spec.name!r}: keep the overrides file {overrides} outside the stage's own directory (it is cleared on a re-run)")
+    if not overrides.is_file():
+        from cleanface.report.review import render_review
+
+        page = render_review(clean, silent=ctx.silent)
+        raise PipelinePaused(f"stage {ctx.spec.name!r} waits for a review: open {page}, export the overrides to {overrides}, "
+                             "then run the pipeline again (it continues from here)")
+    out = ctx.dir / "final"
+    fmt = s.get("format")
+    apply_overrides(clean, overrides, out, fmt=fmt, copy=bool(s.get("copy", False)), overwrite=True, silent=ctx.silent)
+    from cleanface.report.purify import render_purify_report
+
+    summary = json.loads((out / "summary.json").read_text())
+    report = _report(out, render_purify_report, silent=ctx.silent)
+    data = out / DATA_ENTRY[str(summary.get("format") or fmt or "folder")]
+    return {"data": str(data), "clean": str(out), "summary": str(out / "summary.json"), **report, "images_after": summary.get("images_after"),
+            "overrides": str(overrides)}
 
 
 @register_stage("evaluate", refs=("pairs", "noisy", "purified", "clean"))

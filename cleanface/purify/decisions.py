@@ -90,6 +90,10 @@ class Decisions:
         image's own merge group do not count as other.
     outlier_group : ndarray (N,), int64
         HDBSCAN group among the dropped images, -1 for none.
+    split_group : ndarray (N,), int8
+        For the images of an identity with a split proposal: 1 in the group that forms
+        ``<name>#2`` when the split is applied (``--split``, or accepted in a review), 0 in
+        the rest; -1 elsewhere.
     loo_angle, noise_score : ndarray (N,), float32
         Degrees to the mean of the other images of the identity, and the calibrated
         probability that the label is wrong (NaN with ``drop_rule="angle"``, for lone
@@ -143,6 +147,7 @@ class Decisions:
     outlier_info: dict = field(default_factory=dict)
     calibration: dict = field(default_factory=dict)
     identity_calibration: dict = field(default_factory=dict)
+    split_group: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int8))
     timings: dict = field(default_factory=dict)
 
     @property
@@ -220,5 +225,5 @@ def to_decisions(state: DecisionState, settings: PurifySettings, timings: dict[s
         stats=state.stats, merges=state.merges, splits=state.splits, outlier_groups=state.outlier_groups,
         duplicate_pairs=state.duplicate_pairs, duplicate_cos=state.duplicate_cos, advice=state.advice, faiss=state.faiss,
         outlier_info=state.outlier_info, calibration=state.calibration, identity_calibration=state.identity_calibration,
-        timings=timings,
+        split_group=state.split_group, timings=timings,
     )

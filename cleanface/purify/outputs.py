@@ -143,7 +143,8 @@ def analysis_arrays(decisions: Decisions) -> dict[str, np.ndarray]:
     Per sample (N): ``angle``, ``nearest``, ``dominant`` (the identity's dominant
     sub-center), ``is_dominant`` (nearest == dominant), ``cos`` (N, K), ``finite``,
     ``action``, ``reason``, ``new_label``, ``best_other``, ``best_other_angle``,
-    ``outlier_group``, ``loo_angle``, ``noise_score``. Per identity (C): ``dominant_subcenter`` and ``identity_*``
+    ``outlier_group``, ``loo_angle``, ``noise_score``, ``split_group`` (1: the group a split proposal
+    moves to ``<name>#2``, 0: the rest of that identity, -1: no proposal). Per identity (C): ``dominant_subcenter`` and ``identity_*``
     statistics. Pairs: ``duplicate_pairs`` (P, 2), ``duplicate_cos`` (P,). Code tables:
     ``actions``, ``reasons``, ``names`` (output identities).
     """
@@ -152,13 +153,20 @@ def analysis_arrays(decisions: Decisions) -> dict[str, np.ndarray]:
         "angle": d.angle, "nearest": d.nearest, "dominant": d.dominant, "is_dominant": (d.nearest >= 0) & (d.nearest == d.dominant),
         "cos": d.cos, "finite": d.finite, "action": d.action, "reason": d.reason, "new_label": d.new_label,
         "best_other": d.best_other, "best_other_angle": d.best_other_angle, "outlier_group": d.outlier_group,
-        "loo_angle": d.loo_angle, "noise_score": d.noise_score,
+        "loo_angle": d.loo_angle, "noise_score": d.noise_score, "split_group": _split_group(d),
         "dominant_subcenter": d.dominant_by_identity, "duplicate_pairs": d.duplicate_pairs, "duplicate_cos": d.duplicate_cos,
         "actions": np.array(ACTIONS), "reasons": np.array(REASONS),
         "names": np.array([n.encode("utf-8", "surrogateescape").decode("utf-8", "replace") for n in d.names]) if d.names else np.zeros(0, "<U1"),
     }
     arrays.update(d.stats.arrays())
     return arrays
+
+
+def _split_group(decisions: Decisions) -> np.ndarray:
+    """``decisions.split_group``, or all -1 when the decisions were made without it."""
+    if len(decisions.split_group) == len(decisions.action):
+        return decisions.split_group
+    return np.full(len(decisions.action), -1, dtype=np.int8)
 
 
 def truth_metrics(flagged: np.ndarray, truth: Mapping[str, np.ndarray]) -> dict[str, Any]:

@@ -95,6 +95,7 @@ class DecisionState:
     outlier_group: np.ndarray
     loo_angle: np.ndarray
     noise_score: np.ndarray
+    split_group: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int8))
     calibration: dict = field(default_factory=dict)
     identity_calibration: dict = field(default_factory=dict)
     labels_learned: bool = False
@@ -174,7 +175,7 @@ def analyse(
         merge_to=np.arange(num_classes, dtype=np.int64), best_other=np.full(n, -1, dtype=np.int64),
         best_other_angle=np.full(n, np.nan, dtype=np.float32), outlier_group=np.full(n, -1, dtype=np.int64),
         loo_angle=np.full(n, np.nan, dtype=np.float32), noise_score=np.full(n, np.nan, dtype=np.float32),
-        centre_weights=None if centre_weights is None else np.asarray(centre_weights, dtype=np.float32),
+        split_group=np.full(n, -1, dtype=np.int8), centre_weights=None if centre_weights is None else np.asarray(centre_weights, dtype=np.float32),
     )
 
 
@@ -349,18 +350,29 @@ def apply_angle_split(state: DecisionState, settings: PurifySettings) -> None:
     ``reason = R_SPLIT``, whatever the earlier rules decided for them.
     """
     state.splits = split_candidates(state.votes, state.centers, settings.split_angle, settings.split_min_share)
-    for s in state.splits:
-        s["applied"] = bool(settings.split)
-    if not (settings.split and state.splits):
+    if not state.splits:
         return
     near_angle = cos_to_degrees(state.cos[np.arange(state.n), np.maximum(state.nearest, 0)])
     for s in state.splits:
+        s["applied"] = bool(settings.split)
         c, second = s["label"], s["subcenters"][1]
-        new_id = state.new_identity(f"{state.names[c]}#2")
-        s["new_identity"] = state.out_names[new_id]
         with np.errstate(invalid="ignore"):
             moved = (state.labels == c) & (state.nearest == second) & state.finite & (near_angle <= settings.threshold)
-        state.mark(moved, NEW_IDENTITY, R_SPLIT, new_id)
+        mark_split_groups(state, state.labels == c, moved)
+        if settings.split:
+            new_id = state.new_identity(f"{state.names[c]}#2")
+            s["new_identity"] = state.out_names[new_id]
+            state.mark(moved, NEW_IDENTITY, R_SPLIT, new_id)
+
+
+def mark_split_groups(state: DecisionState, identity: np.ndarray, moving: np.ndarray) -> None:
+    """Record a split proposal's groups in ``state.split_group``: 1 for the images that would form ``<name>#2``, 0 for the rest of the identity.
+
+    ``identity`` and ``moving`` are masks (N,) or index arrays; a later ``--split`` (or an
+    accepted review, ``cleanface apply``) moves exactly the images marked 1.
+    """
+    state.split_group[identity] = 0
+    state.split_group[moving] = 1
 
 
 def apply_calibrated_split(state: DecisionState, settings: PurifySettings) -> None:
@@ -393,6 +405,7 @@ def apply_calibrated_split(state: DecisionState, settings: PurifySettings) -> No
     for c in np.flatnonzero(np.nan_to_num(score, nan=0.0) >= settings.split_cut):
         rows = [np.flatnonzero((state.labels == c) & (group == g)) for g in (0, 1)]
         moving = 1 if len(rows[1]) <= len(rows[0]) else 0
+        mark_split_groups(state, rows[1 - moving], rows[moving])
         entry = {"label": int(c), "sizes": [int(g0.counts[c]), int(g1.counts[c])], "similarity": round(float(q[c]), 4),
                  "angle": round(float(similarity_angle(q[c])), 4), "score": round(float(score[c]), 4),
                  "groups": [r[:SPLIT_FACES].tolist() for r in rows], "applied": bool(settings.split)}

@@ -368,6 +368,28 @@ def _decide_and_write(out: Path, inputs: _Inputs, settings: PurifySettings, embe
         mark_complete(stage, {"images_after": int(decisions.kept.sum())})
 
 
+def write_cleaned_dataset(stage: Path, index: DatasetIndex, kept: np.ndarray, labels: np.ndarray, names: list[str], *, fmt: str,
+                          copy: bool = False, silent: bool = True) -> None:
+    """Write the samples ``kept`` of ``index`` with output labels ``labels`` (into ``names``) as a ``fmt`` dataset in ``stage``.
+
+    Labels are renumbered consecutively (identities without an image disappear); the
+    dataset's entries (:data:`DATASET_ENTRIES`) land directly in ``stage``.
+    """
+    from cleanface.data.open import write_dataset
+
+    cleaned = index.subset(kept, renumber=False).with_labels(labels, names)
+    cleaned = cleaned.subset(np.arange(len(cleaned)), renumber=True)
+    if fmt == "folder":
+        write_dataset(cleaned, stage / "data", "folder", copy=copy, overwrite=True, silent=silent)
+        return
+    tmp = stage / ".dataset"
+    write_dataset(cleaned, tmp, fmt, copy=copy, overwrite=True, silent=silent)
+    for entry in DATASET_ENTRIES[fmt]:
+        if (tmp / entry).exists():
+            os.replace(tmp / entry, stage / entry)
+    remove_path(tmp)
+
+
 def write_outputs(
     stage: Path, index: DatasetIndex, decisions: Decisions, settings: PurifySettings, *, fmt: str, copy: bool = False,
     truth: dict | None = None, silent: bool = True, subcenters: dict | None = None,
@@ -376,22 +398,10 @@ def write_outputs(
 
     ``subcenters``: where the sub-centers came from, added to the summary as ``"subcenters"``.
     """
-    from cleanface.data.open import write_dataset
-
     kept = np.flatnonzero(decisions.kept)
     if len(kept) == 0:
         raise DataError(f"purification of {index.root} keeps no image (threshold {settings.threshold} deg); raise the threshold")
-    cleaned = index.subset(kept, renumber=False).with_labels(decisions.new_label[kept], decisions.names)
-    cleaned = cleaned.subset(np.arange(len(cleaned)), renumber=True)
-    if fmt == "folder":
-        write_dataset(cleaned, stage / "data", "folder", copy=copy, overwrite=True, silent=silent)
-    else:
-        tmp = stage / ".dataset"
-        write_dataset(cleaned, tmp, fmt, copy=copy, overwrite=True, silent=silent)
-        for entry in DATASET_ENTRIES[fmt]:
-            if (tmp / entry).exists():
-                os.replace(tmp / entry, stage / entry)
-        remove_path(tmp)
+    write_cleaned_dataset(stage, index, kept, decisions.new_label[kept], decisions.names, fmt=fmt, copy=copy, silent=silent)
     write_decisions_csv(stage / "decisions.csv", index, decisions)
     write_decisions_parquet(stage / "decisions.parquet", index, decisions)
     summary = build_summary(index, decisions, settings, fmt=fmt, truth=truth)

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from cleanface._json import read_json  # noqa: F401  (re-exported: the reports read their JSON with it)
 from cleanface.errors import DataError
 from cleanface.report import svg
 from cleanface.report._pages import build_report, format_number
@@ -26,19 +27,6 @@ METRIC_CHARTS = (
     ("lr", "Learning rate", "learning rate"),
     ("images_per_s", "Throughput", "images / s"),
 )
-
-
-def read_json(path: Path, what: str) -> dict[str, Any]:
-    """A JSON object from ``path``; a one-line :class:`DataError` naming the file otherwise."""
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise DataError(f"cannot read the {what} {path}: {exc.strerror or exc}") from None
-    except ValueError as exc:
-        raise DataError(f"{path} is not valid JSON ({exc}); is this {what} complete?") from None
-    if not isinstance(value, dict):
-        raise DataError(f"{path} should hold a JSON object, found {type(value).__name__}")
-    return value
 
 
 def read_metrics(path: Path) -> dict[str, np.ndarray]:

@@ -11,6 +11,7 @@ console errors, uncaught exceptions, failed loads, every request that is not a l
 from __future__ import annotations
 
 import base64
+import contextlib
 import fcntl
 import json
 import os
@@ -21,7 +22,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from cleanface.errors import CleanfaceError
 
@@ -191,6 +192,13 @@ def load_page(
     if exe is None:
         raise BrowserError("Chromium is not installed (apt-get install chromium, or set CLEANFACE_CHROMIUM)")
     url = html_path.as_uri()
+    with _chromium(exe, width, height) as pipe:
+        return _drive(pipe, url, width, height, screenshot, full_page, timeout, settle_ms)
+
+
+@contextlib.contextmanager
+def _chromium(exe: str, width: int, height: int) -> Iterator[_Pipe]:
+    """A headless Chromium in a fresh profile, its DevTools pipe open; closed (killed if need be) on exit."""
     with tempfile.TemporaryDirectory(prefix="cleanface-chromium-") as profile:
         cmd_read, cmd_write = map(_high_fd, os.pipe())  # we write commands, Chromium reads fd 3
         res_read, res_write = map(_high_fd, os.pipe())  # Chromium writes fd 4, we read
@@ -203,7 +211,7 @@ def load_page(
         os.close(res_write)
         pipe = _Pipe(proc, cmd_write, res_read)
         try:
-            return _drive(pipe, url, width, height, screenshot, full_page, timeout, settle_ms)
+            yield pipe
         finally:
             try:
                 pipe.send("Browser.close")
@@ -275,3 +283,123 @@ def screenshot(html_path: str | os.PathLike, png_path: str | os.PathLike, width:
     assert loaded.screenshot is not None
     atomic_write_bytes(png_path, loaded.screenshot)
     return Path(png_path)
+
+
+# -- an interactive page: real clicks and key presses ----------------------------------------------
+_KEYS = {  # key -> (code, Windows virtual key code) for the keys that are not printable characters
+    "ArrowRight": ("ArrowRight", 39), "ArrowLeft": ("ArrowLeft", 37), "ArrowUp": ("ArrowUp", 38), "ArrowDown": ("ArrowDown", 40),
+    "Enter": ("Enter", 13), "Escape": ("Escape", 27), "Backspace": ("Backspace", 8), "Tab": ("Tab", 9),
+}
+
+
+class Session:
+    """One headless Chromium page driven like a person: :meth:`click` and :meth:`press` send real input events.
+
+    Use as a context manager: ``with Session(downloads=folder) as page: page.open(html)``.
+    ``downloads``: a folder that files the page downloads are saved to. Console errors and
+    uncaught exceptions are collected in :attr:`errors`.
+    """
+
+    def __init__(self, *, width: int = 1280, height: int = 900, downloads: str | os.PathLike | None = None, timeout: float = 30.0) -> None:
+        self.width, self.height, self.timeout = width, height, timeout
+        self.downloads = None if downloads is None else Path(downloads).resolve()
+        self._stack = contextlib.ExitStack()
+        self.pipe: _Pipe | None = None
+        self.session = ""
+
+    def __enter__(self) -> "Session":
+        exe = find_chromium()
+        if exe is None:
+            raise BrowserError("Chromium is not installed (apt-get install chromium, or set CLEANFACE_CHROMIUM)")
+        self.pipe = self._stack.enter_context(_chromium(exe, self.width, self.height))
+        target = self.pipe.call("Target.createTarget", {"url": "about:blank"}, timeout=self.timeout)["targetId"]
+        self.session = self.pipe.call("Target.attachToTarget", {"targetId": target, "flatten": True}, timeout=self.timeout)["sessionId"]
+        for domain in ("Page", "Runtime", "Log"):
+            self._call(f"{domain}.enable")
+        self._call("Emulation.setDeviceMetricsOverride", {"width": self.width, "height": self.height, "deviceScaleFactor": 1, "mobile": False})
+        if self.downloads is not None:
+            self.downloads.mkdir(parents=True, exist_ok=True)
+            self.pipe.call("Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(self.downloads)}, timeout=self.timeout)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stack.close()
+
+    def _call(self, method: str, params: dict | None = None) -> dict[str, Any]:
+        assert self.pipe is not None, "use Session as a context manager"
+        return self.pipe.call(method, params, session=self.session, timeout=self.timeout)
+
+    @property
+    def errors(self) -> list[str]:
+        """Console errors and uncaught exceptions so far."""
+        found = []
+        for event in self.pipe.events if self.pipe else []:
+            method, params = event.get("method"), event.get("params", {})
+            if method == "Runtime.consoleAPICalled" and params.get("type") in ("error", "assert"):
+                found.append(" ".join(str(a.get("value", a.get("description", ""))) for a in params.get("args", [])))
+            elif method == "Runtime.exceptionThrown":
+                details = params.get("exceptionDetails", {})
+                found.append(str(details.get("exception", {}).get("description") or details.get("text")))
+        return found
+
+    def open(self, html_path: str | os.PathLike) -> float:
+        """Navigate to a local HTML file and wait for its load event; the milliseconds it took."""
+        return self._navigate("Page.navigate", {"url": Path(html_path).resolve().as_uri()})
+
+    def reload(self) -> float:
+        """Reload the page (what closing and reopening the tab keeps, localStorage, stays) and wait for its load event."""
+        return self._navigate("Page.reload", {})
+
+    def _navigate(self, method: str, params: dict) -> float:
+        assert self.pipe is not None
+        self.pipe.events = [e for e in self.pipe.events if e.get("method") != "Page.loadEventFired"]
+        started = time.perf_counter()
+        self._call(method, params)
+        self.pipe.wait_event("Page.loadEventFired", timeout=self.timeout)
+        return (time.perf_counter() - started) * 1000
+
+    def evaluate(self, expression: str) -> Any:
+        """The value of a JavaScript expression in the page (promises awaited)."""
+        reply = self._call("Runtime.evaluate", {"expression": expression, "returnByValue": True, "awaitPromise": True})
+        if "exceptionDetails" in reply:
+            details = reply["exceptionDetails"]
+            raise BrowserError(f"{expression[:80]!r} threw: {details.get('exception', {}).get('description') or details.get('text')}")
+        return reply.get("result", {}).get("value")
+
+    def wait_for(self, expression: str, *, timeout: float | None = None) -> Any:
+        """Poll a JavaScript expression until it is truthy; its value (a :class:`BrowserError` after ``timeout`` seconds)."""
+        deadline = time.monotonic() + (timeout or self.timeout)
+        while True:
+            value = self.evaluate(expression)
+            if value:
+                return value
+            if time.monotonic() > deadline:
+                raise BrowserError(f"timed out waiting for {expression!r}")
+            time.sleep(0.05)
+
+    def click(self, selector: str) -> None:
+        """Scroll the first element matching ``selector`` into view and click its centre with the mouse."""
+        box = self.wait_for(
+            f"(function(){{var e=document.querySelector({json.dumps(selector)});if(!e)return null;e.scrollIntoView({{block:'center'}});"
+            "var r=e.getBoundingClientRect();return r.width>0&&r.height>0?{x:r.left+r.width/2,y:r.top+r.height/2}:null})()")
+        for kind in ("mouseMoved", "mousePressed", "mouseReleased"):
+            self._call("Input.dispatchMouseEvent", {"type": kind, "x": box["x"], "y": box["y"], "button": "left", "clickCount": 1})
+
+    def press(self, key: str, *, ctrl: bool = False) -> None:
+        """Press and release one key: a character (``"d"``) or a named key (``"ArrowRight"``, ``"Enter"``)."""
+        code, vk = _KEYS.get(key, (f"Key{key.upper()}" if key.isalpha() else "", ord(key.upper()) if len(key) == 1 else 0))
+        params = {"key": key, "code": code, "windowsVirtualKeyCode": vk, "modifiers": 2 if ctrl else 0}
+        text = {} if key in _KEYS or ctrl else {"text": key}
+        self._call("Input.dispatchKeyEvent", {"type": "keyDown", **params, **text})
+        self._call("Input.dispatchKeyEvent", {"type": "keyUp", **params})
+
+    def type(self, text: str) -> None:
+        """Type ``text`` into the focused element, one key at a time."""
+        for char in text:
+            self.press(char)
+
+    def screenshot(self, png_path: str | os.PathLike) -> Path:
+        """Write a PNG of the viewport."""
+        data = base64.b64decode(self._call("Page.captureScreenshot", {"format": "png"})["data"])
+        Path(png_path).write_bytes(data)
+        return Path(png_path)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 from io import BytesIO
 
 import pytest
@@ -13,21 +11,6 @@ from cleanface.report.purify import render_purify_report
 from cleanface.report.training import render_training_report
 
 pytestmark = pytest.mark.browser
-
-
-@pytest.fixture(scope="session")
-def chromium() -> str:
-    found = browser.find_chromium()
-    if found is None and shutil.which("apt-get"):
-        try:
-            subprocess.run(["apt-get", "install", "-y", "-q", "chromium"], check=False, timeout=600, capture_output=True,
-                           env={"DEBIAN_FRONTEND": "noninteractive", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
-        except (OSError, subprocess.TimeoutExpired):
-            pass
-        found = browser.find_chromium()
-    if found is None:
-        pytest.skip("Chromium is not installed and 'apt-get install -y chromium' did not install it")
-    return found
 
 
 def _distinct_colours(png: bytes) -> int:
