@@ -139,6 +139,8 @@ def purify_cmd(
     console.print(f"wrote {result}", soft_wrap=True)
     if report is not None:
         console.print(f"report: {report}", soft_wrap=True)
+    console.print(f"review the decisions in the browser: cleanface review {result}; then cleanface apply {result} --overrides overrides.json --out FINAL",
+                  soft_wrap=True)
 
 
 def _run_and_data(inputs: tuple[str, ...], *, embeddings: str | None, k: int | None) -> tuple[str | None, str]:

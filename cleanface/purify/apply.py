@@ -280,12 +280,23 @@ class _Reviewer:
         else:
             target = rows.code(override.identity or "")
             if target is None:
-                target = self._code(self.result.split_names.get(override.identity or "", override.identity or ""), where)
+                target = self._split_target(override.identity or "", where)
             new = self.output_of(target)
             action = KEEP if new == own else RELABEL
         changed = action != res.action[row] or new != res.new[row]
         res.action[row], res.new[row] = action, new
         res.review[row] = OVERRIDDEN if changed or res.review[row] == OVERRIDDEN else ACCEPTED
+
+
+    def _split_target(self, name: str, where: str) -> int:
+        """The code of ``name`` when it is the new identity of a split these overrides accept; else a :class:`DataError`."""
+        for identity, new_name in self.result.split_names.items():
+            if name in (new_name, f"{identity}#2"):
+                return self._code(new_name, where)
+        proposed = [s.get("identity") for s in self._proposals("splits") if f"{s.get('identity')}#2" == name]
+        if proposed:
+            raise DataError(f"{where}: identity {name!r} exists only when the split of {proposed[0]!r} is accepted; accept it in the same overrides")
+        return self._code(name, where)
 
 
 def review_decisions(rows: DecisionRows, summary: dict[str, Any], split_group: np.ndarray | None, overrides: Overrides,

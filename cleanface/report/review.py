@@ -29,7 +29,8 @@ split). A face is ``{"x": sample index, "t": thumbnail src, "h": link to the ori
 
 * ``image`` (drops, suspects, relabels): ``{"k", "x": index, "l": location, "id": identity,
   "a": purify's action, "n": new identity (when it differs), "r": reason, "s": noise score,
-  "g": angle, "o": leave-one-out angle, "t", "h"}``;
+  "g": angle, "o": leave-one-out angle, "t", "h", "ref": [face, ...] (up to :data:`REFERENCE_FACES` kept faces of
+  the identity, smallest angle first, to compare with), "nref": the same of the new identity of a relabel}``;
 * ``duplicate``: the image card of the pair's second image ``b`` (its key ``i<b>``), plus
   ``"cos"`` and ``"p"``, the first image: ``{"x", "l", "id", "a", "t", "h"}``;
 * ``merge``: ``{"k", "ids": [identity, ...], "into", "sc": score, "sim": similarity,
@@ -77,6 +78,7 @@ QUEUES = (  # key, title, kind
 ASSETS = ("review.js", "review.css")
 SUSPECT_SCORE = 0.2  # kept images with a noise score of at least this are suspects
 FACES = 6  # faces of each identity of a merge card, of each group of a split card
+REFERENCE_FACES = 4  # kept faces of the image's identity (and of a relabel's target) beside an image card, to compare with
 _SEPARATORS = (",", ":")
 
 
@@ -338,7 +340,15 @@ class _Cards:
         for name in ("t", "h"):
             if name in face:
                 card[name] = face[name]
+        card["ref"] = self.reference_faces(int(t.identity[row]), index)
+        if "n" in card and self.code.get(card["n"]) is not None:
+            card["nref"] = self.reference_faces(self.code[card["n"]], index)
         return card
+
+    def reference_faces(self, code: int, skip: int) -> list[dict[str, Any]]:
+        """Up to :data:`REFERENCE_FACES` kept faces of input identity ``code`` (smallest angle first), sample ``skip`` left out."""
+        rows = self.kept_rows(code)[:REFERENCE_FACES + 1]
+        return [self.face(int(r)) for r in rows if int(self.table.index[r]) != skip][:REFERENCE_FACES]
 
     def merge_card(self, item: dict[str, Any]) -> dict[str, Any] | None:
         ids = [str(n) for n in item.get("identities") or []]

@@ -182,6 +182,7 @@ BAD = {
     "other purify": ({"images": [{"index": 2, "decision": "drop", "old": "relabel"}]}, "is keep, not relabel"),
     "unknown merge": ({"merges": [{"identities": ["p05", "p06"], "decision": "accept"}]}, "no merge proposal of 'p05' and 'p06'"),
     "unknown split": ({"splits": [{"identity": "p07", "decision": "accept"}]}, "no split proposal of 'p07'"),
+    "split not accepted": ({"images": [{"index": 1, "decision": "move", "identity": "p02#2"}]}, "exists only when the split of 'p02' is accepted"),
     "bad decision": ({"images": [{"index": 2, "decision": "maybe"}]}, "decision must be one of keep, drop, move, accept"),
     "move without identity": ({"images": [{"index": 2, "decision": "move"}]}, "a move needs the identity"),
 }
@@ -231,3 +232,11 @@ def test_cli_apply(clean: Path, tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["apply", str(clean), "--overrides", str(bad), "--out", str(tmp_path / "final2"), "--silent"])
     assert result.exit_code != 0 and "unknown image 9999" in result.output
     assert len([line for line in result.output.splitlines() if line.strip()]) == 1
+
+
+def test_malformed_json_through_apply_writes_nothing(clean: Path, tmp_path: Path) -> None:
+    path = tmp_path / "o.json"
+    path.write_text('{"images": [{"index": 1, "decision": "drop"},]}')
+    with pytest.raises(DataError, match=r"is not valid JSON: .* at line 1, column \d+"):
+        apply_overrides(clean, path, tmp_path / "final", silent=True)
+    assert not (tmp_path / "final").exists()

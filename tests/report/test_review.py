@@ -97,8 +97,11 @@ def test_queues_hold_the_expected_cards_in_rank_order(review_clean):
     assert first["x"] == 21 and first["id"] == "dave" and first["a"] == "drop" and first["l"].endswith("dave/003.png")
     assert first["r"] == "angle above threshold" and first["t"] == "thumbs/0/21.jpg" and first["h"].endswith("dave/003.png")
     assert [c["k"] for c in _chunks(review, "suspects")] == ["i14", "i13"]  # highest noise score first
+    assert sorted(f["x"] for f in first["ref"]) == [18, 19, 20]  # dave's kept images to compare with, not the dropped one itself
     relabel, = _chunks(review, "relabels")
     assert relabel["k"] == "i6" and relabel["a"] == "relabel" and relabel["n"] == "bob"
+    assert len(relabel["ref"]) == 4 and 6 not in [f["x"] for f in relabel["ref"]]  # alice's kept faces, without the image
+    assert {f["x"] for f in relabel["nref"]} <= {7, 8, 9, 10, 12} and len(relabel["nref"]) == 4  # bob's kept faces (11 is the dedup)
     merges = _chunks(review, "merges")
     assert [c["k"] for c in merges] == ["m:alice|carol #1", "m:bob|dave"]  # highest score first, keys of sorted identities
     merge = merges[1]

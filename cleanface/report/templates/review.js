@@ -178,9 +178,17 @@
     return h("div", { cls: "nums", text: out.join(" \u00b7 ") || "no angle (no usable embedding)" });
   }
 
+  function references(list, title) {
+    if (!list || !list.length) { return null; }
+    return h("div", { cls: "refs", title: title }, [h("div", { cls: "muted", text: title }),
+      h("div", { cls: "faces" }, list.map(function (f) { return face(f, "#" + f.x); }))]);
+  }
+
   function imageBody(c) {
     return [
       h("div", { cls: "faces" }, [face({ t: c.t, h: c.h, a: c.a }, "#" + c.x)]),
+      references(c.ref, c.id + " (kept)"),
+      references(c.nref, c.n + " (kept)"),
       h("div", { cls: "info" }, [
         h("div", { cls: "id" }, [h("b", { text: c.id })]), purifyLine(c), numbers(c),
         h("div", { cls: "loc", text: c.l || "", title: c.l || "" }),
