@@ -25,6 +25,7 @@ seconds / wall seconds below the core count means other processes took the rest.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -40,6 +41,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from cleanface.purify import shards  # noqa: E402
 from cleanface.purify.decisions import decide  # noqa: E402
 from cleanface.purify.settings import PurifySettings  # noqa: E402
 
@@ -153,7 +155,12 @@ def decisions_digest(d) -> str:
     return h.hexdigest()
 
 
-def run_size(n: int, workdir: Path, settings: PurifySettings, centers_dtype: type = np.float32) -> dict:
+def _peak_rss_mb() -> float:
+    """This process's peak RSS in MB (run on every Dask worker)."""
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def run_size(n: int, workdir: Path, settings: PurifySettings, centers_dtype: type = np.float32, runner=None) -> dict:
     t0 = time.perf_counter()
     emb, labels, centers, truth = make_embeddings(n, workdir, centers_dtype=centers_dtype)
     generate = time.perf_counter() - t0
@@ -162,7 +169,7 @@ def run_size(n: int, workdir: Path, settings: PurifySettings, centers_dtype: typ
         mem.mark("setup")
         cpu0 = cpu_seconds()
         t0 = time.perf_counter()
-        d = decide(emb, labels, centers, settings, silent=True, stage_hook=mem.mark)
+        d = decide(emb, labels, centers, settings, silent=True, stage_hook=mem.mark, runner=runner)
         total = time.perf_counter() - t0
         cpu = cpu_seconds() - cpu0
         mem.mark("end")
@@ -177,6 +184,8 @@ def run_size(n: int, workdir: Path, settings: PurifySettings, centers_dtype: typ
         "actions": d.action_counts(), "faiss": d.faiss, "outlier_clustering": d.outlier_info,
         "duplicate_pairs": int(len(d.duplicate_pairs)), "advised_threshold": d.advice["threshold"], "truth": truth,
         "decisions_sha256": decisions_digest(d),
+        "runner": runner.describe() if runner is not None else {"runner": "local"},
+        **({"worker_peak_rss_mb": sorted(runner.client.run(_peak_rss_mb).values())} if runner is not None and hasattr(runner, "client") else {}),
     }
 
 
@@ -187,13 +196,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workdir", default=None, help="where the float16 embeddings go (default: a temporary folder)")
     parser.add_argument("--centers-dtype", choices=["float32", "float16"], default="float32",
                         help="dtype of the sub-centers handed to decide (float16 halves them: 3 GB at 10M images)")
+    parser.add_argument("--workers", type=int, default=0,
+                        help="decide on a local Dask cluster of this many worker processes (cleanface.purify.shards); 0: this process alone")
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",") if s]
     settings = PurifySettings()
     results = []
-    with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
+    with tempfile.TemporaryDirectory(dir=args.workdir) as tmp, contextlib.ExitStack() as stack:
+        runner = stack.enter_context(shards.connect(workers=args.workers)) if args.workers else None
         for n in sizes:
-            result = run_size(n, Path(tmp), settings, centers_dtype=np.dtype(args.centers_dtype).type)
+            result = run_size(n, Path(tmp), settings, centers_dtype=np.dtype(args.centers_dtype).type, runner=runner)
             results.append(result)
             print(f"{n:>9} images, {result['identities']} identities: decide {result['decide_seconds']:.1f} s, peak RSS {result['peak_rss_mb']:.0f} MB "
                   f"({result['peak_anon_mb']:.0f} MB anonymous) "
@@ -203,6 +215,8 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"           {name:<10} {stage['seconds']:>8.2f} s  {stage['peak_rss_mb']:>8.0f} MB  {stage['peak_anon_mb']:>8.0f} MB anonymous", flush=True)
             print(f"           actions {result['actions']}  faiss {result['faiss']}", flush=True)
             print(f"           decisions sha256 {result['decisions_sha256']}", flush=True)
+            if "worker_peak_rss_mb" in result:
+                print(f"           worker peak RSS {result['worker_peak_rss_mb']} MB", flush=True)
             (Path(tmp) / "embeddings.npy").unlink()
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

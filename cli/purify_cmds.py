@@ -8,9 +8,11 @@ the given embeddings (``--k`` per identity). One positional argument without
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import click
 from rich.table import Table
@@ -80,6 +82,12 @@ _DEFAULTS = PurifySettings()
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it is not empty.")
 @click.option("--copy", is_flag=True, help="Copy image files instead of hard-linking them.")
 @click.option("--device", default="cpu", show_default=True, help="Device for embedding: cpu, cuda, cuda:N.")
+@click.option("--cluster", default=None, metavar="ADDRESS",
+              help="Run the passes over the embeddings on the Dask scheduler at ADDRESS (tcp://host:8786); the workers read the "
+                   "embeddings from their file, which they must see at the same path. Same decisions as without. Needs "
+                   "pip install 'cleanface[distributed]'.")
+@click.option("--workers", type=click.IntRange(1, 512), default=None,
+              help="Run the passes over the embeddings on a local Dask cluster of this many worker processes (without --cluster).")
 @click.option("--no-sanity-check", is_flag=True,
               help="Purify even when the model looks like it did not learn (collapsed embeddings, accuracy near chance, a merge of most identities).")
 @no_report_option
@@ -90,7 +98,7 @@ def purify_cmd(
     merge_rule: str, merge_cut: float, merge_auto_cut: float, merge: bool, merge_angle: float, split_rule: str, split_cut: float,
     split: bool, dedup: bool, drop_non_dominant: bool, keep_outlier_groups: bool,
     fmt: str, embeddings: str | None, paths: str | None, k: int | None, truth: str | None, overwrite: bool, copy: bool, device: str,
-    no_sanity_check: bool, no_report: bool, silent: bool,
+    no_sanity_check: bool, no_report: bool, silent: bool, cluster: str | None = None, workers: int | None = None,
 ) -> None:
     """Clean DATA with the sub-center model of RUN; write the cleaned dataset and a decision per image to OUT.
 
@@ -120,19 +128,20 @@ def purify_cmd(
     )
     if rounds is None:
         rounds = DEFAULT_ROUNDS if run is not None and embeddings is None else 1
-    if rounds > 1:
-        if run is None or embeddings is not None:
-            raise click.UsageError("--rounds needs a training run RUN to re-train, and embeds with each round's model (no --embeddings)")
-        from cleanface.pipeline.rounds import purify_in_rounds
+    if rounds > 1 and (run is None or embeddings is not None):
+        raise click.UsageError("--rounds needs a training run RUN to re-train, and embeds with each round's model (no --embeddings)")
+    with _runner(cluster, workers) as runner:
+        if rounds > 1:
+            from cleanface.pipeline.rounds import purify_in_rounds
 
-        result = purify_in_rounds(run, data, out, rounds=rounds, settings=settings, fmt=fmt, truth=truth, overwrite=overwrite, copy=copy,
-                                  device=device, silent=silent)
-    elif run is None:
-        result = purify_from_embeddings(data, embeddings, out, paths=paths, k=DEFAULT_K if k is None else k, settings=settings, fmt=fmt,
-                                        truth=truth, overwrite=overwrite, copy=copy, silent=silent)
-    else:
-        result = purify(run, data, out, settings=settings, fmt=fmt, embeddings=embeddings, paths=paths, truth=truth, overwrite=overwrite,
-                        copy=copy, device=device, silent=silent)
+            result = purify_in_rounds(run, data, out, rounds=rounds, settings=settings, fmt=fmt, truth=truth, overwrite=overwrite, copy=copy,
+                                      device=device, silent=silent, runner=runner)
+        elif run is None:
+            result = purify_from_embeddings(data, embeddings, out, paths=paths, k=DEFAULT_K if k is None else k, settings=settings, fmt=fmt,
+                                            truth=truth, overwrite=overwrite, copy=copy, silent=silent, runner=runner)
+        else:
+            result = purify(run, data, out, settings=settings, fmt=fmt, embeddings=embeddings, paths=paths, truth=truth, overwrite=overwrite,
+                            copy=copy, device=device, silent=silent, runner=runner)
     summary = json.loads((result / "summary.json").read_text())
     report = None if no_report else render_report_after(result, render_purify_report, silent=silent)  # images read by the decisions' locations
     console.print(summary_table(summary))
@@ -141,6 +150,15 @@ def purify_cmd(
         console.print(f"report: {report}", soft_wrap=True)
     console.print(f"review the decisions in the browser: cleanface review {result}; then cleanface apply {result} --overrides overrides.json --out FINAL",
                   soft_wrap=True)
+
+
+def _runner(cluster: str | None, workers: int | None) -> Any:
+    """The runner of the passes over the embeddings: None (this process), or a Dask cluster (``--cluster`` / ``--workers``)."""
+    if cluster is None and workers is None:
+        return contextlib.nullcontext(None)
+    from cleanface.purify.shards import connect
+
+    return connect(cluster, workers=workers or 2)
 
 
 def _run_and_data(inputs: tuple[str, ...], *, embeddings: str | None, k: int | None) -> tuple[str | None, str]:

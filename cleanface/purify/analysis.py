@@ -17,7 +17,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cleanface.purify._threads import parallel_map
 
 CHUNK = 16_384
 EPS = 1e-12
@@ -142,22 +141,24 @@ def nearest_subcenter(
     labels = np.asarray(labels, dtype=np.int64)
     centers = unit_rows(centers)
     _check_shapes(embeddings, labels, centers)
-    n, k = len(embeddings), centers.shape[1]
-    nearest = np.empty(n, dtype=np.int64)
-    cos = np.empty((n, k), dtype=np.float32)
+    from cleanface.purify import shards
 
-    def one_chunk(s: int) -> None:
-        e = np.asarray(embeddings[s : s + chunk], dtype=np.float32)
-        ok = np.isfinite(e).all(axis=1)
-        e = unit_rows(np.where(ok[:, None], e, 0.0), dtype=np.float32, tol=0.0)
-        c = np.matmul(np.asarray(centers[labels[s : s + chunk]], dtype=np.float32), e[:, :, None])[:, :, 0]  # (B, K)
-        c[~ok] = np.nan
-        cos[s : s + chunk] = c
-        best = np.argmax(np.where(ok[:, None], c, 0.0), axis=1)
-        nearest[s : s + chunk] = np.where(ok, best, -1)
+    arrays = {"embeddings": embeddings, "labels": labels, "centers": centers}
+    parts = list(shards.current().imap(_nearest_block, shards.blocks(len(embeddings), chunk), arrays))
+    if not parts:
+        return np.empty(0, dtype=np.int64), np.empty((0, centers.shape[1]), dtype=np.float32)
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
-    parallel_map(one_chunk, range(0, n, chunk))  # chunks write disjoint rows
-    return nearest, cos
+
+def _nearest_block(lo: int, hi: int, a: dict) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`nearest_subcenter` of rows ``lo:hi``: (nearest (B,), cos (B, K))."""
+    e = np.asarray(a["embeddings"][lo:hi], dtype=np.float32)
+    ok = np.isfinite(e).all(axis=1)
+    e = unit_rows(np.where(ok[:, None], e, 0.0), dtype=np.float32, tol=0.0)
+    c = np.matmul(np.asarray(a["centers"][np.asarray(a["labels"][lo:hi])], dtype=np.float32), e[:, :, None])[:, :, 0]  # (B, K)
+    c[~ok] = np.nan
+    best = np.argmax(np.where(ok[:, None], c, 0.0), axis=1)
+    return np.where(ok, best, -1).astype(np.int64), c.astype(np.float32, copy=False)
 
 
 def subcenter_votes(nearest: np.ndarray, labels: np.ndarray, num_classes: int, k: int) -> np.ndarray:

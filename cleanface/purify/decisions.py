@@ -39,10 +39,11 @@ they share in :mod:`cleanface.purify.rules`, the FAISS searches they use in
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
+from cleanface.purify import shards
 from cleanface.purify.analysis import IdentityStats
 from cleanface.purify.clock import StageClock
 from cleanface.purify.codes import (  # noqa: F401  (re-exported: the codes have always been importable from here)
@@ -169,7 +170,7 @@ class Decisions:
 def decide(
     embeddings: np.ndarray, labels: np.ndarray, centers: np.ndarray, settings: PurifySettings | None = None, *,
     names: list[str] | None = None, silent: bool = True, stage_hook: Callable[[str], None] | None = None,
-    centre_weights: np.ndarray | None = None, labels_learned: bool = False,
+    centre_weights: np.ndarray | None = None, labels_learned: bool = False, runner: Any = None,
 ) -> Decisions:
     """Apply every rule (see the module docstring), in order, and return the decisions.
 
@@ -183,8 +184,17 @@ def decide(
     round's decisions, :func:`cleanface.purify.reference.reference_weights`); ``labels_learned``:
     the embeddings come from a model trained on these very labels (purify with a run), whose
     merge proposals are reported but never merged without a person (see
-    :func:`cleanface.purify.rules.apply_calibrated_merge`).
+    :func:`cleanface.purify.rules.apply_calibrated_merge`); ``runner``: where the passes over
+    the embeddings run (:mod:`cleanface.purify.shards`: threads of this process by default, or
+    a Dask cluster); the decisions are the same on every runner.
     """
+    with shards.using(runner):
+        return _decide(embeddings, labels, centers, settings, names=names, silent=silent, stage_hook=stage_hook,
+                       centre_weights=centre_weights, labels_learned=labels_learned)
+
+
+def _decide(embeddings: np.ndarray, labels: np.ndarray, centers: np.ndarray, settings: PurifySettings | None, *, names: list[str] | None,
+            silent: bool, stage_hook: Callable[[str], None] | None, centre_weights: np.ndarray | None, labels_learned: bool) -> Decisions:
     settings = settings or PurifySettings()
     clock = StageClock(stage_hook)
     clock.stage("analysis")

@@ -42,10 +42,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cleanface.purify import _faiss
+from cleanface.purify import _faiss, shards
 from cleanface.purify.analysis import cos_to_degrees, finite_rows, unit_rows
 from cleanface.purify.calibration import Calibration, calibrate
-from cleanface.purify.signals import CHUNK, add_rows, identity_sums
+from cleanface.purify.signals import CHUNK, block_sums, identity_sums
 
 MERGE_MIN_IMAGES = 3  # images an identity (and each half of the reference) needs to be compared: fewer give too noisy a similarity
 REFERENCE_TAIL = 0.01  # a proposal must lie inside the reference distribution it is said to belong to, but for this tail
@@ -268,15 +268,12 @@ def two_groups(embeddings: np.ndarray, labels: np.ndarray, num_classes: int, mem
     for _ in range(max(1, iterations)):  # one pass a round: assign with the centres, sum the rows for the next ones
         changed = 0
         both = np.zeros((2 * num_classes, c0.shape[1]), dtype=np.float32)
-        for lo in range(0, len(labels), chunk):
-            x = np.nan_to_num(unit_rows(np.asarray(embeddings[lo : lo + chunk], dtype=np.float32), dtype=np.float32))
-            lab = labels[lo : lo + chunk]
-            inside = members[lo : lo + chunk]
-            nearer_1 = (np.einsum("nd,nd->n", x, c1[lab]) > np.einsum("nd,nd->n", x, c0[lab])).astype(np.int64)
-            new = np.where(inside, nearer_1, -1)
-            changed += int((new != group[lo : lo + chunk]).sum())
-            group[lo : lo + chunk] = new
-            add_rows(both, 2 * lab + nearer_1, x, inside.astype(np.float32))
+        arrays = {"embeddings": embeddings, "labels": labels, "members": members, "group": group, "c0": c0, "c1": c1}
+        spans = shards.blocks(len(labels), chunk)
+        for (lo, hi), (new, moved, present, partial) in zip(spans, shards.current().imap(_assign_block, spans, arrays)):
+            changed += moved
+            group[lo:hi] = new
+            both[present] += partial
         if changed <= members_count * TWO_MEANS_TOLERANCE:  # converged, or nearly: the centres would hardly move
             break
         both = both.reshape(num_classes, 2, -1)
@@ -288,22 +285,40 @@ def two_groups(embeddings: np.ndarray, labels: np.ndarray, num_classes: int, mem
     return group
 
 
+def _assign_block(lo: int, hi: int, a: dict) -> tuple[np.ndarray, int, np.ndarray, np.ndarray]:
+    """One 2-means round on rows ``lo:hi``: their new groups, how many changed, and the sums of each (identity, group)."""
+    x = np.nan_to_num(unit_rows(np.asarray(a["embeddings"][lo:hi], dtype=np.float32), dtype=np.float32))
+    lab = np.asarray(a["labels"][lo:hi])
+    inside = np.asarray(a["members"][lo:hi])
+    nearer_1 = (np.einsum("nd,nd->n", x, np.asarray(a["c1"][lab])) > np.einsum("nd,nd->n", x, np.asarray(a["c0"][lab]))).astype(np.int64)
+    new = np.where(inside, nearer_1, -1)
+    present, partial = block_sums(2 * lab + nearer_1, x, inside.astype(np.float32), np.float32)
+    return new, int((new != np.asarray(a["group"][lo:hi])).sum()), present, partial
+
+
 def _farthest(embeddings: np.ndarray, labels: np.ndarray, members: np.ndarray, reference: np.ndarray, chunk: int) -> np.ndarray:
     """Per label, the member row least similar to ``reference[label]`` (ties: the lowest row); -1 for a label without members."""
     num_classes = len(reference)
     best = np.full(num_classes, np.inf)
     row = np.full(num_classes, -1, dtype=np.int64)
-    for lo in range(0, len(labels), chunk):
-        x = unit_rows(np.asarray(embeddings[lo : lo + chunk], dtype=np.float32), dtype=np.float32)
-        lab = labels[lo : lo + chunk]
-        value = np.where(members[lo : lo + chunk], np.einsum("nd,nd->n", x, reference[lab]), np.inf)
-        order = np.lexsort((np.arange(len(value)), value, lab))
-        first = order[np.r_[True, lab[order][1:] != lab[order][:-1]]]
-        first = first[np.isfinite(value[first])]
-        better = value[first] < best[lab[first]]  # strictly: an earlier chunk keeps a tie
-        best[lab[first[better]]] = value[first[better]]
-        row[lab[first[better]]] = lo + first[better]
+    arrays = {"embeddings": embeddings, "labels": labels, "members": members, "reference": reference}
+    spans = shards.blocks(len(labels), chunk)
+    for (lo, _), (lab, value, first) in zip(spans, shards.current().imap(_farthest_block, spans, arrays)):
+        better = value < best[lab]  # strictly: an earlier chunk keeps a tie
+        best[lab[better]] = value[better]
+        row[lab[better]] = lo + first[better]
     return row
+
+
+def _farthest_block(lo: int, hi: int, a: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per label present in rows ``lo:hi``: the label, the least similarity to its reference and that row (within the block)."""
+    x = unit_rows(np.asarray(a["embeddings"][lo:hi], dtype=np.float32), dtype=np.float32)
+    lab = np.asarray(a["labels"][lo:hi])
+    value = np.where(np.asarray(a["members"][lo:hi]), np.einsum("nd,nd->n", x, np.asarray(a["reference"][lab])), np.inf)
+    order = np.lexsort((np.arange(len(value)), value, lab))
+    first = order[np.r_[True, lab[order][1:] != lab[order][:-1]]]
+    first = first[np.isfinite(value[first])]
+    return lab[first], value[first], first
 
 
 def _unit_rows_at(embeddings: np.ndarray, rows: np.ndarray) -> np.ndarray:

@@ -206,6 +206,7 @@ def purify(
     device: str = "cpu",
     silent: bool = False,
     reference: str | os.PathLike | None = None,
+    runner: Any = None,
 ) -> Path:
     """Purify the dataset ``data`` with the sub-centers of the run ``run_dir``; write the result to ``out``.
 
@@ -219,6 +220,8 @@ def purify(
     ``run_dir=None`` is :func:`purify_from_embeddings` with its default K (``embeddings`` required).
     ``reference``: an earlier purify output of ``data`` whose kept images alone form the
     identity means of the calibrated drop rule (:mod:`cleanface.purify.reference`; a second round).
+    ``runner``: where the passes over the embeddings run (:mod:`cleanface.purify.shards`; threads
+    of this process by default, or a Dask cluster: the same decisions).
 
     :mod:`cleanface.purify.sanity` refuses a model that did not learn, as early as the
     evidence allows (the training history before embedding, the embeddings before
@@ -233,7 +236,7 @@ def purify(
         if embeddings is None:
             raise ConfigError("purify without a training run needs embeddings of the dataset (embeddings=, --embeddings)")
         return purify_from_embeddings(data, embeddings, out, paths=paths, settings=settings, fmt=fmt, truth=truth, overwrite=overwrite,
-                                      copy=copy, silent=silent, reference=reference)
+                                      copy=copy, silent=silent, reference=reference, runner=runner)
     run_dir = Path(run_dir)
     info = _info(run_dir, data, out, embeddings, paths, truth, device, reference)
 
@@ -245,7 +248,8 @@ def purify(
     def embed(stage: Path, inputs: _Inputs) -> tuple[np.ndarray, str]:
         return _stage_embeddings(stage, inputs, run_dir, settings, device, silent)
 
-    return _purify_locked(out, read, embed, settings, info, fmt=fmt, overwrite=overwrite, copy=copy, silent=silent, started=started)
+    return _purify_locked(out, read, embed, settings, info, fmt=fmt, overwrite=overwrite, copy=copy, silent=silent, started=started,
+                          runner=runner)
 
 
 def purify_from_embeddings(
@@ -262,6 +266,7 @@ def purify_from_embeddings(
     copy: bool = False,
     silent: bool = False,
     reference: str | os.PathLike | None = None,
+    runner: Any = None,
 ) -> Path:
     """Purify ``data`` without a training run: sub-centers from spherical k-means of the given embeddings.
 
@@ -290,7 +295,8 @@ def purify_from_embeddings(
         remove_path(stage / EMBED_DIR)
         return inputs.given, "given"
 
-    return _purify_locked(out, read, given, settings, info, fmt=fmt, overwrite=overwrite, copy=copy, silent=silent, started=started)
+    return _purify_locked(out, read, given, settings, info, fmt=fmt, overwrite=overwrite, copy=copy, silent=silent, started=started,
+                          runner=runner)
 
 
 def _with_reference(inputs: _Inputs, reference: str | os.PathLike | None) -> _Inputs:
@@ -314,7 +320,7 @@ def _info(run_dir: Path | None, data: str | os.PathLike, out: str | os.PathLike,
 
 def _purify_locked(out: str | os.PathLike, read: Callable[[], _Inputs], embed: Callable[[Path, _Inputs], tuple[np.ndarray, str]],
                    settings: PurifySettings, info: dict[str, Any], *, fmt: str, overwrite: bool, copy: bool, silent: bool,
-                   started: float) -> Path:
+                   started: float, runner: Any = None) -> Path:
     """Under the output's lock: refuse a non-empty ``out``, ``read`` the inputs, decide and write; a refused purify writes nothing."""
     if fmt not in FORMATS:
         raise ConfigError(f"unknown output format {fmt!r}; choose one of {', '.join(FORMATS)}")
@@ -323,7 +329,8 @@ def _purify_locked(out: str | os.PathLike, read: Callable[[], _Inputs], embed: C
         check_output_dir(out, overwrite=overwrite)
         inputs = read()
         try:
-            _decide_and_write(out, inputs, settings, embed, info, fmt=fmt, overwrite=overwrite, copy=copy, silent=silent, started=started)
+            _decide_and_write(out, inputs, settings, embed, info, fmt=fmt, overwrite=overwrite, copy=copy, silent=silent, started=started,
+                              runner=runner)
         except SanityError:
             remove_path(staging_path(out))  # a refused purify writes nothing, not even its embedding cache
             raise
@@ -341,7 +348,8 @@ def _subcenters(inputs: _Inputs, emb: np.ndarray, settings: PurifySettings, timi
 
 
 def _decide_and_write(out: Path, inputs: _Inputs, settings: PurifySettings, embed: Callable[[Path, _Inputs], tuple[np.ndarray, str]],
-                      info: dict[str, Any], *, fmt: str, overwrite: bool, copy: bool, silent: bool, started: float) -> None:
+                      info: dict[str, Any], *, fmt: str, overwrite: bool, copy: bool, silent: bool, started: float,
+                      runner: Any = None) -> None:
     """Embed (or reuse), check, decide, check again and write the output through its staging directory, ``COMPLETE`` last."""
     with staging_dir(out, overwrite=overwrite) as stage:
         for entry in sorted(os.listdir(stage)):  # leftovers of an interrupted attempt, except the embedding cache
@@ -355,7 +363,7 @@ def _decide_and_write(out: Path, inputs: _Inputs, settings: PurifySettings, embe
         check_embeddings(settings, emb)
         centers, subcenters = _subcenters(inputs, emb, settings, timings)
         decisions = decide(emb, inputs.index.labels, centers, settings, names=inputs.index.names, silent=silent, centre_weights=inputs.weights,
-                           labels_learned=embedded != "given" and inputs.loaded is not None)
+                           labels_learned=embedded != "given" and inputs.loaded is not None, runner=runner)
         check_decisions(settings, decisions, len(inputs.index.names))
         timings.update(decisions.timings)
         t0 = time.perf_counter()
@@ -363,6 +371,7 @@ def _decide_and_write(out: Path, inputs: _Inputs, settings: PurifySettings, embe
         timings["write"] = round(time.perf_counter() - t0, 3)
         atomic_write_json(stage / "run_info.json", {
             **info, "embeddings": info["embeddings"] or embedded, "subcenters": subcenters, "started": started, "finished": time.time(),
+            "runner": (runner.describe() if runner is not None else {"runner": "local"}),
             "seconds": timings, "python": platform.python_version(),
         })
         mark_complete(stage, {"images_after": int(decisions.kept.sum())})
