@@ -81,6 +81,13 @@ def near_duplicates(embeddings: np.ndarray, finite: np.ndarray, dup_cos: float, 
         raise ValueError(f"the index must hold the {n} embeddings, it holds {built.index.ntotal} vectors")
     floor = dup_cos - _faiss.FP16_COS_ERROR if built.stores_float16 else dup_cos
     scores, ids = _faiss.self_search(built, DUP_NEIGHBOURS + 1, min_score=floor, silent=silent, what="duplicate search")
+    return pairs_from_neighbours(embeddings, finite, scores, ids, floor, dup_cos, rescore=built.stores_float16)
+
+
+def pairs_from_neighbours(embeddings: np.ndarray, finite: np.ndarray, scores: np.ndarray, ids: np.ndarray, floor: float, dup_cos: float, *,
+                          rescore: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The pairs (i < j) of each sample and its neighbours ``ids`` (N, k) scoring at least ``floor``; ``rescore``: scored again in float32, kept at ``dup_cos``."""
+    n = len(embeddings)
     rows = np.repeat(np.arange(n), ids.shape[1])
     cols, sc = ids.ravel(), scores.ravel()
     keep = (cols >= 0) & (cols != rows) & (sc >= floor)
@@ -93,7 +100,7 @@ def near_duplicates(embeddings: np.ndarray, finite: np.ndarray, dup_cos: float, 
     key, first = np.unique(key, return_index=True)
     pairs = np.stack([key // n, key % n], axis=1).astype(np.int64) if len(key) else np.zeros((0, 2), np.int64)
     sc = sc[first].astype(np.float32)
-    if built.stores_float16:  # float16 scores only nominate: the pairs are scored again from the embeddings, in float32
+    if rescore:  # float16 scores only nominate: the pairs are scored again from the embeddings, in float32
         sc = exact_cosines(embeddings, pairs)
         pairs, sc = pairs[sc >= dup_cos], sc[sc >= dup_cos]
     return pairs, sc

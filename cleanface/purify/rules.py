@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from cleanface.purify import _faiss
+from cleanface.purify import _faiss, shards
 from cleanface.purify._memory import release_free_memory
 from cleanface.purify.advice import advise_threshold
 from cleanface.purify.calibration import MIN_ANGLES, Calibration, calibrate
@@ -490,7 +490,14 @@ def apply_dedup(state: DecisionState, settings: PurifySettings) -> None:
     lowest index: ``action = DEDUP``, ``reason = R_DUPLICATE``.
     """
     n = state.n
-    if n >= 2:
+    factory, params = _faiss.choose_factory(n, exact_below=settings.exact_below, nprobe=DUP_NPROBE, storage=SAMPLE_STORAGE)
+    if n >= 2 and getattr(shards.current(), "distributed", False) and factory.endswith(_faiss.FP16_CODEC):
+        from cleanface.purify.sharded_search import sharded_near_duplicates  # no process holds the index of all samples
+
+        state.faiss["samples"] = f"{factory} {params}".strip()  # the index of one machine, its lists held by the workers
+        state.duplicate_pairs, state.duplicate_cos = sharded_near_duplicates(state.embeddings, state.finite, settings.dup_cos, factory, params,
+                                                                             settings.seed)
+    elif n >= 2:
         sample_index = _faiss.build_index(state.embeddings, exact_below=settings.exact_below, nprobe=DUP_NPROBE, seed=settings.seed,
                                           silent=state.silent, what="samples", storage=SAMPLE_STORAGE)
         state.faiss["samples"] = sample_index.describe()

@@ -59,6 +59,7 @@ class LocalRunner:
     """The blocks on ``workers`` threads of this process, each with a single-threaded BLAS; results in block order."""
 
     name = "local"
+    distributed = False  # the rules' searches build their indexes in this process
 
     def __init__(self, workers: int = WORKERS, window: int | None = None, max_block: int | None = None) -> None:
         self.workers = max(1, int(workers))
@@ -138,6 +139,7 @@ class DaskRunner:
     """
 
     name = "dask"
+    distributed = True  # the near-duplicate search spreads its lists over the workers (cleanface.purify.sharded_search)
 
     def __init__(self, client: Any, *, spill_dir: str | os.PathLike | None = None, window: int | None = None, own_cluster: Any = None,
                  max_block: int | None = None) -> None:

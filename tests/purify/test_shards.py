@@ -34,6 +34,7 @@ def make_set(folder: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     x = axes[person] + 0.45 * rng.normal(size=(len(labels), D))
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     x[7] = np.nan  # a broken embedding
+    x[101::97] = x[100::97][: len(x[101::97])] + 1e-3 * rng.normal(size=(len(x[101::97]), D))  # near-duplicates of the row before
     path = folder / "embeddings.npy"
     np.save(path, x.astype(np.float16))
     centers = axes[:PEOPLE, None, :] + 0.3 * rng.normal(size=(PEOPLE, 3, D))
@@ -71,6 +72,17 @@ def test_a_local_cluster_decides_like_the_single_process(tmp_path: Path, cluster
     finally:
         cluster.max_block = None
     assert not list(Path(cluster.spill_dir).iterdir())  # each pass removed what it spilled
+
+
+def test_the_near_duplicate_lists_on_the_workers_find_the_pairs_of_one_index(tmp_path: Path, cluster) -> None:
+    emb, labels, centers = make_set(tmp_path)
+    settings = PurifySettings(exact_below=500)  # an IVF float16 index of the samples, as at scale
+    reference = decide(emb, labels, centers, settings)
+    assert reference.faiss["samples"].startswith("IVF32,SQfp16") and len(reference.duplicate_pairs) >= 8
+    spread = decide(emb, labels, centers, settings, runner=cluster)
+    same(spread, reference)
+    np.testing.assert_array_equal(spread.duplicate_cos, reference.duplicate_cos)
+    assert spread.faiss == reference.faiss
 
 
 def test_an_in_memory_array_reaches_the_workers_by_file(cluster, monkeypatch) -> None:
