@@ -54,6 +54,17 @@ def best_other_identity(
     if q == 0 or len(identities) == 0:
         return label, angle
     scores, ids = _faiss.search(built, queries, RELABEL_CANDIDATES + 1, silent=silent, what="relabel search")
+    return other_identity(scores, ids, own, identities, group)
+
+
+def other_identity(scores: np.ndarray, ids: np.ndarray, own: np.ndarray, identities: np.ndarray,
+                   group: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`best_other_identity` from the search's ``scores`` and ``ids`` (Q, k), best first."""
+    q = len(own)
+    label = np.full(q, -1, dtype=np.int64)
+    angle = np.full(q, np.nan, dtype=np.float32)
+    if q == 0:
+        return label, angle
     cand = np.where(ids >= 0, identities[np.maximum(ids, 0)], -1)
     if group is None:
         usable = (cand >= 0) & (cand != own[:, None])

@@ -39,7 +39,9 @@ from cleanface.purify.identities import (
     merge_similarity, similarity_angle, split_similarities, two_groups,
 )
 from cleanface.purify.naming import unique_name
-from cleanface.purify.neighbours import DUP_NPROBE, SAMPLE_STORAGE, best_other_identity, close_pairs, near_duplicates
+from cleanface.purify.neighbours import (
+    DUP_NPROBE, RELABEL_CANDIDATES, SAMPLE_STORAGE, best_other_identity, close_pairs, near_duplicates, other_identity,
+)
 from cleanface.purify.outliers import components, outlier_groups
 from cleanface.purify.settings import PurifySettings
 from cleanface.purify.signals import impostor_angles, loo_mean_angle
@@ -440,8 +442,14 @@ def apply_relabel(state: DecisionState, settings: PurifySettings) -> None:
         _subcenter_index(state, settings)
     if state.subcenter_index is not None and len(candidates):
         own = state.labels[candidates]
-        label_c, angle_c = best_other_identity(state.embeddings[candidates], own, state.subcenter_identities,
-                                               state.subcenter_index, silent=state.silent, group=state.merge_to)
+        if getattr(shards.current(), "distributed", False):  # the queries on the workers, each with the index from a file
+            from cleanface.purify.sharded_search import search_on_workers
+
+            scores, ids = search_on_workers(state.subcenter_index, state.embeddings, candidates, RELABEL_CANDIDATES + 1)
+            label_c, angle_c = other_identity(scores, ids, own, state.subcenter_identities, state.merge_to)
+        else:
+            label_c, angle_c = best_other_identity(state.embeddings[candidates], own, state.subcenter_identities,
+                                                   state.subcenter_index, silent=state.silent, group=state.merge_to)
         state.best_other[candidates], state.best_other_angle[candidates] = label_c, angle_c
         if settings.relabel:
             with np.errstate(invalid="ignore"):

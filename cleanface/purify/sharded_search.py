@@ -16,6 +16,8 @@ float32 re-scoring the pairs and their cosines, are those of the one-machine sea
 
 from __future__ import annotations
 
+import os
+
 import faiss
 import numpy as np
 
@@ -120,3 +122,40 @@ def sharded_near_duplicates(embeddings: np.ndarray, finite: np.ndarray, dup_cos:
     low = ~(scores >= floor)
     scores[low], ids[low] = -np.inf, -1
     return pairs_from_neighbours(embeddings, finite, scores, ids, floor, dup_cos, rescore=True)
+
+
+_INDEXES: dict[str, _faiss.BuiltIndex] = {}
+
+
+def _worker_index(path: str, factory: str, params: str) -> _faiss.BuiltIndex:
+    """The index written at ``path``, read once per worker process."""
+    built = _INDEXES.get(path)
+    if built is None:
+        _INDEXES.clear()  # one index at a time: a pass's index replaces the last one
+        built = _INDEXES[path] = _faiss.BuiltIndex(faiss.read_index(path), factory, params, None)
+    return built
+
+
+def _search_block(lo: int, hi: int, a: dict, index_path: str, factory: str, params: str, k: int) -> tuple[np.ndarray, np.ndarray]:
+    queries = np.asarray(a["embeddings"][np.asarray(a["rows"][lo:hi])])
+    return _faiss.search(_worker_index(index_path, factory, params), queries, k)
+
+
+def search_on_workers(built: _faiss.BuiltIndex, embeddings: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`cleanface.purify._faiss.search` of ``embeddings[rows]`` on the runner's workers: each reads ``built`` from a file once.
+
+    The queries go in blocks of the one-machine search's own chunk size, so each block is
+    searched exactly as there; the results are those of one machine.
+    """
+    runner = shards.current()
+    path = runner.spill_path("index.faiss")
+    faiss.write_index(built.index, path)
+    try:
+        step = _faiss.SEARCH_CHUNK if _faiss._ivf_of(built.index) is None else _faiss.IVF_QUERY_CHUNK
+        parts = list(runner.imap(_search_block, shards.blocks(len(rows), step), {"embeddings": embeddings, "rows": np.asarray(rows)},
+                                 index_path=path, factory=built.factory, params=built.params, k=k))
+    finally:
+        os.remove(path)
+    if not parts:
+        return np.zeros((0, k), np.float32), np.zeros((0, k), np.int64)
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])

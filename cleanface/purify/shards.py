@@ -153,6 +153,11 @@ class DaskRunner:
         self.window = window or 4 * workers
         self._count = 0
 
+    def spill_path(self, name: str) -> str:
+        """A new file path in the spill folder (the caller writes and removes it)."""
+        self._count += 1
+        return os.path.join(self.spill_dir, f"{self._count}-{os.getpid()}-{name}")
+
     def _spill(self, array: np.ndarray, written: list[str]) -> str:
         self._count += 1
         path = os.path.join(self.spill_dir, f"array-{os.getpid()}-{self._count}.npy")

@@ -74,11 +74,12 @@ def test_a_local_cluster_decides_like_the_single_process(tmp_path: Path, cluster
     assert not list(Path(cluster.spill_dir).iterdir())  # each pass removed what it spilled
 
 
-def test_the_near_duplicate_lists_on_the_workers_find_the_pairs_of_one_index(tmp_path: Path, cluster) -> None:
+def test_the_searches_on_the_workers_find_what_one_index_finds(tmp_path: Path, cluster) -> None:
     emb, labels, centers = make_set(tmp_path)
-    settings = PurifySettings(exact_below=500)  # an IVF float16 index of the samples, as at scale
+    settings = PurifySettings(exact_below=64)  # IVF indexes of the samples (float16) and of the sub-centers, as at scale
     reference = decide(emb, labels, centers, settings)
-    assert reference.faiss["samples"].startswith("IVF32,SQfp16") and len(reference.duplicate_pairs) >= 8
+    assert reference.faiss["samples"].startswith("IVF32,SQfp16") and reference.faiss["subcenters"].startswith("IVF8,Flat")
+    assert len(reference.duplicate_pairs) >= 8 and (reference.best_other >= 0).sum() > 50
     spread = decide(emb, labels, centers, settings, runner=cluster)
     same(spread, reference)
     np.testing.assert_array_equal(spread.duplicate_cos, reference.duplicate_cos)
