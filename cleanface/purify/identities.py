@@ -191,7 +191,11 @@ def nearest_identities(sums: GroupSums, other: GroupSums | None = None, *, exact
     directions = unit_rows(target.sums[has], dtype=np.float32)
     built = _faiss.build_index(directions, exact_below=exact_below, seed=seed, silent=silent, what="identity means")
     k = min(candidates + (other is None), len(has))
-    if other is None:
+    if other is None and getattr(shards.current(), "distributed", False):  # the same search, its queries on the workers
+        from cleanface.purify.sharded_search import search_on_workers
+
+        _, ids = search_on_workers(built, directions, np.arange(len(directions)), k)
+    elif other is None:
         _, ids = _faiss.self_search(built, k, silent=silent, what="merge search")
     else:
         _, ids = _faiss.search(built, unit_rows(sums.sums[queries], dtype=np.float32), k, silent=silent, what="overlap search")
