@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -60,17 +61,18 @@ DEFAULT_ROUNDS = 2
 def purify_in_rounds(
     run_dir: str | os.PathLike, data: str | os.PathLike, out: str | os.PathLike, *, rounds: int = DEFAULT_ROUNDS,
     settings: PurifySettings | None = None, fmt: str = "folder", truth: str | os.PathLike | None = None,
-    overwrite: bool = False, copy: bool = False, device: str = "cpu", silent: bool = False,
+    overwrite: bool = False, copy: bool = False, device: str = "cpu", silent: bool = False, runner: Any = None,
 ) -> Path:
     """Purify ``data`` in ``rounds`` rounds (see the module docstring); the last round's output is ``out``.
 
-    ``rounds=1`` is :func:`cleanface.purify.runner.purify`. The other arguments are purify's;
+    ``rounds=1`` is :func:`cleanface.purify.runner.purify`. The other arguments are purify's
+    (``runner``: where each round's passes run, :mod:`cleanface.purify.shards`);
     intermediate rounds always write folder outputs. Returns ``out``.
     """
     if not 1 <= int(rounds) <= MAX_ROUNDS:
         raise ConfigError(f"rounds must lie within [1, {MAX_ROUNDS}], got {rounds!r}")
     out = Path(out)
-    kwargs = dict(settings=settings, truth=truth, copy=copy, device=device, silent=silent)
+    kwargs = dict(settings=settings, truth=truth, copy=copy, device=device, silent=silent, runner=runner)
     if rounds == 1:
         return purify(run_dir, data, out, fmt=fmt, overwrite=overwrite, **kwargs)
     work = Path(f"{out}{WORK_SUFFIX}")
