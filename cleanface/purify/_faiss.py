@@ -114,12 +114,7 @@ def build_index(
     if factory.endswith(FP16_CODEC):
         faiss.extract_index_ivf(index).by_residual = False  # the lists hold the vectors themselves, not their offsets from the centroid
     if not index.is_trained:
-        ivf = faiss.extract_index_ivf(index)
-        ivf.cp.seed = 1234 + seed
-        ivf.cp.niter = 10
-        ivf.cp.min_points_per_centroid = 1
-        rows = np.random.default_rng(seed).choice(n, size=min(n, 32 * ivf.nlist), replace=False)
-        index.train(_clean(vectors[np.sort(rows)]))
+        train_quantizer(index, vectors, seed)
     if params:
         name, value = params.split("=")
         faiss.ParameterSpace().set_index_parameter(index, name, int(value))
@@ -147,6 +142,16 @@ def build_index(
             index.add_core(len(x), faiss.swig_ptr(x), None, faiss.swig_ptr(cell))
             progress.advance(task, len(x))
     return BuiltIndex(index, factory, params, probes)
+
+
+def train_quantizer(index: faiss.Index, vectors: np.ndarray, seed: int) -> None:
+    """Train an IVF index's centroids: 10 k-means iterations over at most 32 * nlist rows of ``vectors`` drawn with ``seed``."""
+    ivf = faiss.extract_index_ivf(index)
+    ivf.cp.seed = 1234 + seed
+    ivf.cp.niter = 10
+    ivf.cp.min_points_per_centroid = 1
+    rows = np.random.default_rng(seed).choice(len(vectors), size=min(len(vectors), 32 * ivf.nlist), replace=False)
+    index.train(_clean(vectors[np.sort(rows)]))
 
 
 def _reserve_lists(ivf: faiss.IndexIVF, sizes: np.ndarray) -> None:

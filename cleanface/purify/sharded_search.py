@@ -29,15 +29,10 @@ CELL_GROUP_WORK = 2e9  # multiply-adds of the cell scoring per task (about a sec
 
 def trained_centroids(embeddings: np.ndarray, factory: str, params: str, seed: int) -> tuple[np.ndarray, int]:
     """The coarse quantizer :func:`cleanface.purify._faiss.build_index` trains for ``factory``: centroids (nlist, d) and nprobe."""
-    n, d = embeddings.shape
-    index = faiss.index_factory(d, factory, faiss.METRIC_INNER_PRODUCT)
+    index = faiss.index_factory(embeddings.shape[1], factory, faiss.METRIC_INNER_PRODUCT)
     ivf = faiss.extract_index_ivf(index)
     ivf.by_residual = False
-    ivf.cp.seed = 1234 + seed
-    ivf.cp.niter = 10
-    ivf.cp.min_points_per_centroid = 1
-    rows = np.random.default_rng(seed).choice(n, size=min(n, 32 * ivf.nlist), replace=False)
-    index.train(_faiss._clean(embeddings[np.sort(rows)]))
+    _faiss.train_quantizer(index, embeddings, seed)
     nprobe = int(params.split("=")[1]) if params else 1
     return ivf.quantizer.reconstruct_n(0, ivf.nlist), max(1, min(nprobe, ivf.nlist))
 
