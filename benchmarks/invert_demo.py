@@ -1,7 +1,8 @@
 """What each sub-center looks like: real faces beside faces synthesised from the sub-centers.
 
 For a few identities of a trained sub-center model, every sub-center is inverted to an
-image under the BatchNorm prior (:func:`cleanface.inversion.invert`). The grid has one row
+image with :func:`cleanface.inversion.invert` at its defaults, starting from the average
+face of ``--prior-images`` images of other people (the image prior; 0: from noise). The grid has one row
 per identity and, for each sub-center k, two tiles: the identity's training image nearest
 to sub-center k, then the image synthesised from sub-center k. Under each pair: the
 number of the identity's images whose nearest sub-center is k (votes; the most voted,
@@ -62,6 +63,7 @@ class Model:
     labels: np.ndarray  # (N,) their labels
     source: str
     shown: list[str]  # identities to show
+    prior: object = None  # the ImagePrior the inversion starts from (None: from noise)
 
 
 # -- the synthetic demo model ---------------------------------------------------------------------
@@ -130,8 +132,16 @@ def train_demo(args: argparse.Namespace, work: Path) -> Model:
         opt.step()
     backbone.eval()
     centers = F.normalize(weight.detach(), dim=1).view(c, k, -1).numpy()
+    prior = None
+    if args.prior_images:  # the average face of other synthetic people: none of the shown identities is in it
+        from cleanface.inversion import ImagePrior
+
+        per = max(2, -(-args.prior_images // 20))
+        others = read_folder(make_synthetic(work / "prior", identities=20, per_identity=per, size=size, seed=args.seed + 2,
+                                            name_prefix="prior", silent=True))
+        prior = ImagePrior.from_images(np.stack([decode_image(others.read_bytes(i), size=size) for i in range(min(len(others), args.prior_images))]))
     return Model(backbone, centers, list(own.names), size, images, labels, f"synthetic ({source}, {args.train_steps} training steps)",
-                 list(own.names[: args.identities]))
+                 list(own.names[: args.identities]), prior)
 
 
 # -- a trained run ----------------------------------------------------------------------------------
@@ -157,7 +167,26 @@ def load_model(args: argparse.Namespace) -> Model:
     crop = config.get("crop")
     images = np.stack([decode_image(index.read_bytes(int(i)), size=size, crop=crop) for i in rows]) if len(rows) else np.zeros((0, size, size, 3), np.uint8)
     labels = np.array([run.names.index(index.names[int(index.labels[i])]) for i in rows], dtype=np.int64)
-    return Model(run.backbone.eval(), centers_of(run.head), list(run.names), size, images, labels, f"run {args.run}", names)
+    prior = None
+    if getattr(args, "prior_images", 0):
+        from cleanface.inversion.identities import sample_image_prior
+
+        prior = sample_image_prior(data, config, args.prior_images, seed=args.seed)
+    return Model(run.backbone.eval(), centers_of(run.head), list(run.names), size, images, labels, f"run {args.run}", names, prior)
+
+
+def parse_sets(items: list[str]) -> dict:
+    """``["key=value", ...]`` as keyword arguments: values read as JSON (numbers, true/false, ...), else as strings."""
+    out = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        if not key or not eq:
+            sys.exit(f"--set needs key=value, got {item!r}")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
 
 
 # -- the grid ----------------------------------------------------------------------------------------
@@ -204,11 +233,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dim", type=int, default=128, help="embedding size of the synthetic model")
     parser.add_argument("--k", type=int, default=3, help="sub-centers of the synthetic model")
     parser.add_argument("--train-steps", type=int, default=300, help="training steps of the synthetic model")
-    parser.add_argument("--steps", type=int, default=600, help="inversion steps")
-    parser.add_argument("--bn-weight", type=float, default=0.002, help="weight of the BatchNorm prior")
-    parser.add_argument("--tv-weight", type=float, default=1.0, help="weight of the total-variation prior")
-    parser.add_argument("--jitter", type=int, help="largest random shift per step (default: image side // 10)")
-    parser.add_argument("--no-flip", dest="flip", action="store_false", help="no random mirroring during the optimisation")
+    parser.add_argument("--steps", type=int, help="inversion steps (default: invert's)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a keyword argument of cleanface.inversion.invert, e.g. bn_weight=0.05 (repeatable; default: invert's defaults)")
+    parser.add_argument("--prior-images", type=int, default=1000,
+                        help="start from the average face of this many images (synthetic: of 20 other people; a run: of its training "
+                             "set) and keep near it; 0: start from noise")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--tile", type=int, default=96, help="tile side in the grid, pixels")
@@ -238,9 +268,12 @@ def main(argv: list[str] | None = None) -> int:
     k = model.centers.shape[1]
     targets = np.concatenate([model.centers[c] for c in labels_shown])  # (len(shown) * K, D)
     cpu1 = time.process_time()
-    jitter = args.jitter if args.jitter is not None else max(1, model.size // 10)
-    result = invert(model.backbone, targets, size=model.size, steps=args.steps, bn_weight=args.bn_weight, tv_weight=args.tv_weight,
-                    jitter=jitter, flip=args.flip, seed=args.seed, device=args.device, silent=False)
+    settings = parse_sets(args.set)
+    if model.prior is not None:
+        settings["image_prior"] = model.prior
+    if args.steps:
+        settings["steps"] = args.steps
+    result = invert(model.backbone, targets, size=model.size, seed=args.seed, device=args.device, silent=False, **settings)
     invert_cpu = time.process_time() - cpu1
 
     rows, records = [], []
@@ -277,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     json_out.parent.mkdir(parents=True, exist_ok=True)
     json_out.write_text(json.dumps(summary, indent=2) + "\n")
     print(f"model: {model.source}; {train_wall:.1f} s wall, {train_cpu:.1f} s CPU")
-    print(f"inverted {len(targets)} sub-centers ({len(shown)} identities x K={k}) at {model.size}x{model.size}, {args.steps} steps: "
+    print(f"inverted {len(targets)} sub-centers ({len(shown)} identities x K={k}) at {model.size}x{model.size}, {result.settings['steps']} steps: "
           f"{result.seconds:.1f} s wall, {invert_cpu:.1f} s CPU")
     print(f"cosine to sub-center: mean {cos.mean():.3f}, min {cos.min():.3f}; dominant sub-centers mean {summary['dominant_mean_cos']:.3f}")
     print(f"BN prior: {summary['bn_first']:.2f} at the first step -> {summary['bn_last']:.2f} at the last")

@@ -90,6 +90,9 @@ _DEFAULTS = PurifySettings()
               help="Run the passes over the embeddings on a local Dask cluster of this many worker processes (without --cluster).")
 @click.option("--no-sanity-check", is_flag=True,
               help="Purify even when the model looks like it did not learn (collapsed embeddings, accuracy near chance, a merge of most identities).")
+@click.option("--invert-subcenters", is_flag=True,
+              help="With RUN: synthesise the face of every sub-center of every identity into OUT/inversions, shown on the report's "
+                   "identity pages (costs CPU: about a second per sub-center at 64x64).")
 @no_report_option
 @silent_option
 @handle_errors
@@ -99,6 +102,7 @@ def purify_cmd(
     split: bool, dedup: bool, drop_non_dominant: bool, keep_outlier_groups: bool,
     fmt: str, embeddings: str | None, paths: str | None, k: int | None, truth: str | None, overwrite: bool, copy: bool, device: str,
     no_sanity_check: bool, no_report: bool, silent: bool, cluster: str | None = None, workers: int | None = None,
+    invert_subcenters: bool = False,
 ) -> None:
     """Clean DATA with the sub-center model of RUN; write the cleaned dataset and a decision per image to OUT.
 
@@ -142,6 +146,8 @@ def purify_cmd(
         else:
             result = purify(run, data, out, settings=settings, fmt=fmt, embeddings=embeddings, paths=paths, truth=truth, overwrite=overwrite,
                             copy=copy, device=device, silent=silent, runner=runner)
+    if invert_subcenters:
+        _invert_subcenters(run, data, result, rounds=rounds, device=device, silent=silent)
     summary = json.loads((result / "summary.json").read_text())
     report = None if no_report else render_report_after(result, render_purify_report, silent=silent)  # images read by the decisions' locations
     console.print(summary_table(summary))
@@ -150,6 +156,19 @@ def purify_cmd(
         console.print(f"report: {report}", soft_wrap=True)
     console.print(f"review the decisions in the browser: cleanface review {result}; then cleanface apply {result} --overrides overrides.json --out FINAL",
                   soft_wrap=True)
+
+
+def _invert_subcenters(run: str | None, data: str, result: Path, *, rounds: int, device: str, silent: bool) -> Path:
+    """Every sub-center of the model that decided (the last round's) inverted into ``result/inversions``, from the average face
+    of images of the input (the folder where the purify report finds them)."""
+    from cleanface.inversion.identities import invert_identities
+    from cleanface.report.inversions import DEFAULT_FOLDER
+
+    if run is None:
+        raise click.UsageError("--invert-subcenters needs a training run RUN: embeddings alone have no network to invert")
+    model = Path(result) / "rounds" / f"run-{rounds}" if rounds > 1 else Path(run)
+    return invert_identities(model, [], Path(result) / DEFAULT_FOLDER, all_identities=True, sub_centers=True, purify_dir=result,
+                             data=data, device=device, overwrite=True, silent=silent)
 
 
 def _runner(cluster: str | None, workers: int | None) -> Any:

@@ -7,10 +7,11 @@ an identity's sub-centers (or of embedding rows) to a folder with ``inversion.js
 """
 
 from cleanface.inversion.bn_prior import BNPrior, bn_distance, bn_layers
+from cleanface.inversion.image_prior import ImagePrior
 from cleanface.inversion.identities import invert_identities, safe_names, write_inversions
 from cleanface.inversion.invert import InversionResult, embed_images, invert
 
 __all__ = [
-    "BNPrior", "bn_distance", "bn_layers", "InversionResult", "embed_images", "invert",
+    "BNPrior", "bn_distance", "bn_layers", "ImagePrior", "InversionResult", "embed_images", "invert",
     "invert_identities", "safe_names", "write_inversions",
 ]

@@ -80,11 +80,17 @@ class BNPrior:
         """Forget the terms of the previous forward pass (call before each pass)."""
         self.terms = []
 
-    def loss(self) -> torch.Tensor:
-        """``R_bn`` of the last forward pass: the sum of :attr:`terms` (a 0-d tensor)."""
+    def loss(self, first: float = 1.0) -> torch.Tensor:
+        """``R_bn`` of the last forward pass: the sum of :attr:`terms` (a 0-d tensor), the first layer's term times ``first``.
+
+        The first BatchNorm layer sees the statistics of the pixels' first filters (colour,
+        edges, local contrast); weighting it more (``first`` > 1) pulls those towards the
+        training images' before the deeper, more abstract statistics.
+        """
         if not self.terms:
             raise RuntimeError("no BatchNorm2d layer ran since the last reset(); run a forward pass inside the BNPrior context")
-        return torch.stack(self.terms).sum()
+        total = torch.stack(self.terms).sum()
+        return total if first == 1.0 else total + (first - 1.0) * self.terms[0]
 
 
 @torch.no_grad()

@@ -45,10 +45,14 @@ from torch import nn
 
 from cleanface._atomic import atomic_write_bytes, atomic_write_json, mark_complete, staging_dir
 from cleanface.errors import ConfigError, DataError
+from cleanface.inversion.image_prior import ImagePrior
 from cleanface.inversion.invert import invert
 
 #: largest number of embedding rows inverted without an explicit row selection
 MAX_ROWS = 1000
+
+#: training images drawn for the image prior by default (their average face is where the images start)
+PRIOR_IMAGES = 1000
 
 
 @dataclass(frozen=True)
@@ -297,6 +301,34 @@ def _identity_summary(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return list(by_name.values())
 
 
+def sample_image_prior(data: str | os.PathLike, config: dict[str, Any], count: int, *, seed: int = 0) -> ImagePrior:
+    """The image prior of ``count`` images drawn at random (``seed``) from the dataset ``data``, decoded as the run
+    trained on them (its ``input_size`` and ``crop``)."""
+    from cleanface.data.images import decode_image
+    from cleanface.data.open import open_dataset
+
+    if count < 2:
+        raise ConfigError(f"the image prior needs at least 2 images, got {count}")
+    index = open_dataset(data, silent=True)
+    if len(index) < 2:
+        raise DataError(f"{data} holds {len(index)} image(s); the image prior needs at least 2")
+    rows = np.sort(np.random.default_rng(seed).choice(len(index), size=min(count, len(index)), replace=False))
+    size, crop = int(config["input_size"]), config.get("crop")
+    return ImagePrior.from_images(np.stack([decode_image(index.read_bytes(int(i)), size=size, crop=crop) for i in rows]))
+
+
+def _prior_source(run_dir: str | os.PathLike, config: dict[str, Any], data: str | os.PathLike | None) -> str | os.PathLike:
+    """The dataset the image prior is drawn from: ``data``, else the run's training data; an error naming what is missing."""
+    source = data or config.get("data")
+    if not source:
+        raise ConfigError(f"the config of {run_dir} names no training data for the image prior; give a dataset of such faces "
+                          "(--data), or start from noise (--prior-images 0)")
+    if not os.path.exists(source):
+        raise DataError(f"{source}, the training data of {run_dir}, is not there for the image prior; give a dataset of such faces "
+                        "(--data), or start from noise (--prior-images 0)")
+    return source
+
+
 def _load_run(run_dir: str | os.PathLike, device: str) -> Any:
     from cleanface.inference.run import load_run
 
@@ -312,9 +344,9 @@ def invert_identities(
     purify_dir: str | os.PathLike | None = None,
     embeddings: str | os.PathLike | None = None,
     rows: str | None = None,
-    steps: int = 300,
-    lr: float = 0.1,
-    bn_weight: float = 0.002,
+    all_identities: bool = False,
+    prior_images: int = PRIOR_IMAGES,
+    data: str | os.PathLike | None = None,
     seed: int = 0,
     device: str = "cpu",
     batch_size: int = 32,
@@ -339,7 +371,15 @@ def invert_identities(
         A purify output directory, to mark dominant sub-centers and count their votes.
     embeddings : path-like, optional
         A ``.npy`` file of shape (N, D) whose rows (``rows``, e.g. ``"0-9"``) are inverted too.
-    steps, lr, bn_weight, seed, device, batch_size, **invert_kw
+    all_identities : bool
+        Every identity of the run (``names`` must then be empty).
+    prior_images : int
+        Draw this many training images (from ``data``, by default the run's own training
+        set) for the image prior (:mod:`cleanface.inversion.image_prior`); 0: none, the
+        images start from noise.
+    data : path-like, optional
+        The dataset the image prior is drawn from (default: the ``data`` of the run's config).
+    seed, device, batch_size, **invert_kw
         Optimisation settings (see :func:`cleanface.inversion.invert.invert`).
     overwrite, silent : bool
 
@@ -348,10 +388,16 @@ def invert_identities(
     Path
         ``out_dir``.
     """
-    if not names and embeddings is None:
+    if all_identities and names:
+        raise ConfigError("name identities or ask for all of them, not both")
+    if not names and not all_identities and embeddings is None:
         raise ConfigError("nothing to invert: name at least one identity or give an embeddings file")
     loaded = _load_run(run_dir, "cpu")
     config = loaded.config
+    if all_identities:
+        names = list(loaded.names)
+    if prior_images:
+        invert_kw["image_prior"] = sample_image_prior(_prior_source(run_dir, config, data), config, prior_images, seed=seed)
     size = int(config["input_size"])
     centers = centers_of(loaded.head)
     labels = resolve_names(names, loaded.names)
@@ -366,7 +412,7 @@ def invert_identities(
             "embeddings_file": None if embeddings is None else str(embeddings), "backbone": config.get("backbone"), "k": int(centers.shape[1])}
     return write_inversions(
         loaded.backbone, targets, out_dir, size=size, batch_size=batch_size, seed=seed, overwrite=overwrite, silent=silent, info=info,
-        steps=steps, lr=lr, bn_weight=bn_weight, device=device, **invert_kw,
+        device=device, **invert_kw,
     )
 
 
@@ -378,6 +424,6 @@ def centers_of(head: nn.Module) -> np.ndarray:
 
 
 __all__ = [
-    "MAX_ROWS", "Target", "safe_names", "read_votes", "read_dominant", "resolve_names", "subcenter_targets",
+    "MAX_ROWS", "PRIOR_IMAGES", "Target", "sample_image_prior", "safe_names", "read_votes", "read_dominant", "resolve_names", "subcenter_targets",
     "parse_rows", "embedding_targets", "write_inversions", "invert_identities", "centers_of",
 ]

@@ -61,6 +61,7 @@ from cleanface.report.decisions_table import (
     share_out,
     spread_evenly,
 )
+from cleanface.report.inversions import SubcenterImage, find_inversions, place
 from cleanface.report.thumbs import Thumb, ThumbWriter
 from cleanface.report.training import read_json
 
@@ -91,6 +92,7 @@ def render_purify_report(
     max_thumbs_per_page: int = 240,
     placeholder_thumbs: bool = False,
     rows_per_page: int = ROWS_PER_PAGE,
+    inversions: str | os.PathLike | None = None,
     silent: bool = True,
 ) -> Path:
     """Write ``clean_dir/report/`` for a purify output directory.
@@ -109,6 +111,10 @@ def render_purify_report(
         Draw grey boxes instead of images (nothing read, nothing written).
     rows_per_page : int
         Rows per page of the identity table.
+    inversions : path-like, optional
+        A folder written by ``cleanface invert RUN --sub-centers`` (:mod:`cleanface.report.inversions`):
+        each identity page shows the face synthesised from each of its sub-centers. By default
+        ``clean_dir/inversions`` is used when it holds a finished one.
     silent : bool
         No progress bar.
 
@@ -130,10 +136,11 @@ def render_purify_report(
         data = open_dataset(data, silent=True)
     info = _run_info(clean_dir)
     noise = _noise_types(table, summary, info)
+    synthesised = find_inversions(clean_dir, inversions)
     with build_report(clean_dir / "report") as writer:
         thumbs = ThumbWriter(writer.stage, writer.final, data=data, placeholder=placeholder_thumbs)
         page = _PurifyPages(writer, thumbs, table, summary, noise=noise, max_thumbs=max_thumbs_per_page, rows_per_page=rows_per_page,
-                            silent=silent)
+                            silent=silent, synthesised=synthesised)
         page.identity_pages()
         page.identity_tables()
         lists = page.candidate_lists()
@@ -191,8 +198,10 @@ class _PurifyPages:
     """Builds the pages of one purify report (state shared between the page kinds)."""
 
     def __init__(self, writer: ReportWriter, thumbs: ThumbWriter, table: DecisionTable, summary: dict[str, Any], *,
-                 noise: np.ndarray | None = None, max_thumbs: int, rows_per_page: int, silent: bool) -> None:
+                 noise: np.ndarray | None = None, max_thumbs: int, rows_per_page: int, silent: bool,
+                 synthesised: dict[tuple[str, int], SubcenterImage] | None = None) -> None:
         self.writer, self.thumbs, self.table, self.summary, self.noise = writer, thumbs, table, summary, noise
+        self.synthesised = synthesised or {}
         self.max_thumbs, self.rows_per_page, self.silent = max_thumbs, rows_per_page, silent
         self.stats = identity_stats(table)
         self.order = group_order(table)
@@ -240,7 +249,9 @@ class _PurifyPages:
                     picked = g[spread_evenly(len(g), n_shown)]
                     faces = Markup("").join(self.face(int(r)).html("../") for r in picked)
                     kept = int(np.isin(t.action[g], [ACTIONS.index(a) for a in ("drop", "dedup")], invert=True).sum())
-                    sections.append({"title": title, "size": len(g), "kept": kept, "faces": faces, "hidden": len(g) - len(picked)})
+                    image = self.synthesised.get((name, sub))
+                    sections.append({"title": title, "size": len(g), "kept": kept, "faces": faces, "hidden": len(g) - len(picked),
+                                     "synthesised": None if image is None else place(image, self.writer.stage)})
                 actions = np.bincount(t.action[rows], minlength=len(ACTIONS))
                 facts = " \u00b7 ".join([
                     f"{int(s.size[code]):,} images", f"{int(s.removed[code]):,} removed ({100 * s.removed_share[code]:.1f}%)",

@@ -69,6 +69,7 @@ class Trained:
     images: np.ndarray  # (N, SIZE, SIZE, 3) uint8 training images
     labels: np.ndarray  # (N,)
     names: list[str]
+    folder: Path  # the training images as a dataset folder
 
 
 @pytest.fixture(scope="session")
@@ -94,7 +95,7 @@ def trained(tmp_path_factory) -> Trained:
         loss.backward()
         opt.step()
     backbone.eval()
-    return Trained(backbone, head, images, index.labels.copy(), list(index.names))
+    return Trained(backbone, head, images, index.labels.copy(), list(index.names), folder)
 
 
 @dataclass
@@ -112,6 +113,7 @@ def fake_run(trained, monkeypatch, tmp_path) -> Path:
     """A run directory path whose loading yields the trained test model."""
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    run = FakeRun({"input_size": SIZE, "backbone": "test", "embedding_size": DIM}, trained.backbone, trained.head, trained.names)
+    run = FakeRun({"input_size": SIZE, "backbone": "test", "embedding_size": DIM, "data": str(trained.folder)}, trained.backbone, trained.head,
+                  trained.names)
     monkeypatch.setattr("cleanface.inversion.identities._load_run", lambda path, device: run)
     return run_dir

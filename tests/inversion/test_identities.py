@@ -140,7 +140,7 @@ def test_command(trained, fake_run, tmp_path):
     info = json.loads((tmp_path / "p" / "inversion.json").read_text())
     assert info["settings"]["bn_weight"] == 0.0 and info["items"][0]["file"] == f"{name}/center.png"
     res = runner.invoke(cli, ["invert", str(fake_run), "--out", str(tmp_path / "q")])
-    assert res.exit_code == 2 and "give at least one --identity or an --embeddings file" in res.output
+    assert res.exit_code == 2 and "give at least one --identity, --all-identities or an --embeddings file" in res.output
     res = runner.invoke(cli, ["invert", str(fake_run), "--identity", "nobody", "--out", str(tmp_path / "q"), "--silent"])
     assert res.exit_code == 1 and "Error: identity 'nobody' is not one of the run's 6 identities" in res.output
 
@@ -158,3 +158,14 @@ def test_command_passes_the_image_priors(trained, fake_run, tmp_path):
     assert res.exit_code == 0, res.output
     settings = json.loads((tmp_path / "o" / "inversion.json").read_text())["settings"]
     assert (settings["tv_weight"], settings["jitter"], settings["flip"], settings["bn_weight"], settings["lr"], settings["seed"]) == (0.7, 3, True, 0.1, 0.2, 4)
+
+
+def test_the_image_prior_is_drawn_from_the_runs_training_data(trained, fake_run, tmp_path):
+    out = invert_identities(fake_run, trained.names[:1], tmp_path / "inv", steps=3, silent=True)
+    settings = json.loads((out / "inversion.json").read_text())["settings"]
+    assert settings["image_prior"] == {"images": len(trained.images), "size": SIZE} and settings["pixel_weight"] == 10.0
+    free = invert_identities(fake_run, trained.names[:1], tmp_path / "free", steps=3, prior_images=0, silent=True)
+    assert json.loads((free / "inversion.json").read_text())["settings"]["image_prior"] is None
+    with pytest.raises(DataError, match="is not there for the image prior; give a dataset of such faces"):
+        invert_identities(fake_run, trained.names[:1], tmp_path / "x", steps=1, data=str(tmp_path / "nowhere"), silent=True)
+    assert not (tmp_path / "x").exists()

@@ -133,7 +133,7 @@ def test_cleanface_report_renders_an_overlap_directory(out):
     assert result.exit_code == 0, result.output
     assert "overlap report" in result.output and (out / "report" / "index.html").is_file() and not (out / "report" / "thumbs").exists()
     result = CliRunner().invoke(cli, ["report", str(out), "--data", str(out)])
-    assert result.exit_code == 2 and "--data applies to purify output directories only" in result.output
+    assert result.exit_code == 2 and "--data and --inversions apply to purify output directories only" in result.output
 
 
 @pytest.mark.browser

@@ -1,0 +1,76 @@
+"""The image prior: where a face's pixels usually are, from the training images' per-pixel statistics.
+
+The BatchNorm prior (:mod:`cleanface.inversion.bn_prior`) matches statistics pooled over
+positions: it knows what local patterns look like, not where they go, and a small network
+trained on a few thousand faces satisfies it with colourful textures. The image prior adds
+the one thing an aligned face set shares everywhere: for every pixel position p and colour
+channel c, the mean mu[c, p] and standard deviation sigma[c, p] of the training images
+(identity-free: an average over many people). With it the optimisation
+
+* starts from the average face: x = tanh(atanh(mu) + r), the residual r starting near 0
+  (noise of ``init_std``), so that it only has to add what makes the target's identity;
+* pays R_pix = mean_{c,p} ((x[c, p] - mu[c, p]) / sigma[c, p])^2 for straying from it
+  (a Gaussian log-density up to constants), weighted by ``pixel_weight`` in
+  :func:`cleanface.inversion.invert`.
+
+The statistics come from images, so unlike the BN prior they need the data (or a sample of
+it) at inversion time; ``cleanface invert`` reads a sample of the run's training set.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from cleanface.errors import ConfigError
+
+#: smallest per-pixel standard deviation, in [-1, 1] pixel units (keeps the prior finite on constant pixels)
+MIN_STD = 0.05
+
+#: the average face is kept inside tanh's range so that its pre-image is finite
+MAX_ABS = 0.98
+
+
+@dataclass(frozen=True)
+class ImagePrior:
+    """Per-pixel mean and standard deviation of the training images, (3, S, S) float32 in [-1, 1] pixel units."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
+    images: int
+
+    @classmethod
+    def from_images(cls, images: np.ndarray) -> "ImagePrior":
+        """The prior of uint8 RGB images (N, S, S, 3), N >= 2."""
+        images = np.asarray(images)
+        if images.ndim != 4 or images.shape[-1] != 3 or images.shape[1] != images.shape[2]:
+            raise ConfigError(f"the image prior needs square RGB images of shape (N, S, S, 3), got {images.shape}")
+        if len(images) < 2:
+            raise ConfigError(f"the image prior needs at least 2 images, got {len(images)}")
+        x = images.astype(np.float64) / 127.5 - 1.0
+        mean = torch.as_tensor(x.mean(axis=0).transpose(2, 0, 1), dtype=torch.float32)
+        std = torch.as_tensor(x.std(axis=0).transpose(2, 0, 1), dtype=torch.float32).clamp_min(MIN_STD)
+        return cls(mean, std, int(len(images)))
+
+    @property
+    def size(self) -> int:
+        return int(self.mean.shape[-1])
+
+    def at(self, size: int) -> "ImagePrior":
+        """The prior resampled to ``size`` pixels (bilinear), for a backbone of another input size."""
+        if size == self.size:
+            return self
+        resample = lambda t: F.interpolate(t[None], size=(size, size), mode="bilinear", align_corners=False)[0]  # noqa: E731
+        return ImagePrior(resample(self.mean), resample(self.std).clamp_min(MIN_STD), self.images)
+
+    def base(self) -> torch.Tensor:
+        """The average face in tanh space, (1, 3, S, S): ``atanh(mu)``, mu clipped to +-``MAX_ABS``."""
+        return torch.atanh(self.mean.clamp(-MAX_ABS, MAX_ABS))[None]
+
+    def loss(self, x: torch.Tensor) -> torch.Tensor:
+        """R_pix of a batch of images (M, 3, S, S) in [-1, 1]: mean squared standardised distance to the average face."""
+        m, s = self.mean.to(x.device), self.std.to(x.device)
+        return ((x - m) / s).pow(2).mean()
