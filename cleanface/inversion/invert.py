@@ -483,13 +483,12 @@ def _optimise(
     total = total or steps
     task = progress.add_task(f"inverting {z.shape[0]} vectors", total=steps, cos=0.0, bn=0.0) if progress is not None else None
     history: dict[str, list[float]] = {k: [] for k in HISTORY_KEYS}
-    i = 0
-    for side, end in zip(plan.sides, plan.ends):
+    for level, (side, end) in enumerate(zip(plan.sides, plan.ends)):
         if z.shape[-1] != side:
             z = F.interpolate(z.detach(), size=(side, side), mode="bilinear", align_corners=False)
         z = z.detach().clone().requires_grad_(True)  # never the caller's tensor: Adam steps in place
         optimiser = torch.optim.Adam([z], lr=lr, betas=(0.9, 0.999))
-        for i in range(i, end):
+        for i in range(plan.ends[level - 1] if level else 0, end):
             optimiser.param_groups[0]["lr"] = lr * 0.5 * (1 + math.cos(math.pi * i / total))
             x = _render(z, size, plan.base)
             terms = _loss_terms(backbone, prior, x, _augmented(x, plan, i), target, plan.pixels)
@@ -503,7 +502,6 @@ def _optimise(
                 history[key].append(float(value.detach()))
             if task is not None:
                 progress.update(task, advance=1, cos=history["cos"][-1], bn=history["bn"][-1])
-        i = end
     return z.detach(), history
 
 
