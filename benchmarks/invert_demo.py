@@ -139,7 +139,8 @@ def train_demo(args: argparse.Namespace, work: Path) -> Model:
         per = max(2, -(-args.prior_images // 20))
         others = read_folder(make_synthetic(work / "prior", identities=20, per_identity=per, size=size, seed=args.seed + 2,
                                             name_prefix="prior", silent=True))
-        prior = ImagePrior.from_images(np.stack([decode_image(others.read_bytes(i), size=size) for i in range(min(len(others), args.prior_images))]))
+        prior = ImagePrior.from_images(np.stack([decode_image(others.read_bytes(i), size=size) for i in range(min(len(others), args.prior_images))]),
+                                       components=args.prior_components)
     return Model(backbone, centers, list(own.names), size, images, labels, f"synthetic ({source}, {args.train_steps} training steps)",
                  list(own.names[: args.identities]), prior)
 
@@ -171,7 +172,7 @@ def load_model(args: argparse.Namespace) -> Model:
     if getattr(args, "prior_images", 0):
         from cleanface.inversion.identities import sample_image_prior
 
-        prior = sample_image_prior(data, config, args.prior_images, seed=args.seed)
+        prior = sample_image_prior(data, config, args.prior_images, seed=args.seed, components=getattr(args, "prior_components", 0))
     return Model(run.backbone.eval(), centers_of(run.head), list(run.names), size, images, labels, f"run {args.run}", names, prior)
 
 
@@ -239,6 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prior-images", type=int, default=1000,
                         help="start from the average face of this many images (synthetic: of 20 other people; a run: of its training "
                              "set) and keep near it; 0: start from noise")
+    parser.add_argument("--prior-components", type=int, default=128, help="eigenfaces of the image prior (0: a per-pixel prior)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--tile", type=int, default=96, help="tile side in the grid, pixels")

@@ -102,15 +102,16 @@ def reference_descriptors(judge: Judge, model, rows: list[np.ndarray], key: str)
     return refs
 
 
-def outside_prior(index, config: dict, judged: list[str], count: int, *, seed: int):
-    """The image prior of ``count`` training images drawn at random from identities that are not judged."""
+def outside_prior(index, config: dict, judged: list[str], count: int, *, seed: int, components: int = 0):
+    """The image prior of ``count`` training images drawn at random from identities that are not judged
+    (``components`` > 0: with that many eigenfaces)."""
     from cleanface.data.images import decode_image
     from cleanface.inversion import ImagePrior
 
     outside = np.flatnonzero(~np.isin(index.labels, [index.names.index(n) for n in judged]))
     rows = np.random.default_rng(seed).choice(outside, size=min(count, len(outside)), replace=False)
     size, crop = int(config["input_size"]), config.get("crop")
-    return ImagePrior.from_images(np.stack([decode_image(index.read_bytes(int(i)), size=size, crop=crop) for i in rows]))
+    return ImagePrior.from_images(np.stack([decode_image(index.read_bytes(int(i)), size=size, crop=crop) for i in rows]), components=components)
 
 
 def verdicts(found: np.ndarray, desc: np.ndarray, refs: list[np.ndarray], exclude: list[int] | None = None) -> dict:
@@ -144,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a keyword argument of invert (repeatable)")
     parser.add_argument("--image-prior", type=int, default=0, metavar="N",
                         help="use an image prior of N training images of identities that are not judged (0: none)")
+    parser.add_argument("--components", type=int, default=0, help="eigenfaces of the image prior (0: per-pixel prior)")
     parser.add_argument("--judge-side", type=int, default=256, help="side the images are upsampled to for dlib's detector")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, help="results (default bench-out/invert_judge.json)")
@@ -183,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.steps:
         settings["steps"] = args.steps
     if args.image_prior:
-        settings["image_prior"] = outside_prior(index, run.config, names, args.image_prior, seed=args.seed)
+        settings["image_prior"] = outside_prior(index, run.config, names, args.image_prior, seed=args.seed, components=args.components)
     cpu0 = time.process_time()
     result = invert(model.backbone, targets, size=model.size, seed=args.seed, silent=False, **settings)
     invert_cpu = time.process_time() - cpu0
@@ -208,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     cos = result.final_cos
     summary = {
         "run": str(args.run), "identities": names, "images_per_identity": [int(len(o)) for o in refs_rows],
-        "image_size": model.size, "settings": result.settings, "preset": args.preset, "image_prior_images": args.image_prior,
+        "image_size": model.size, "settings": result.settings, "preset": args.preset, "image_prior_images": args.image_prior, "image_prior_components": args.components,
         "invert_seconds": round(result.seconds, 2), "invert_cpu_seconds": round(invert_cpu, 2), "judge_seconds": round(judge_s, 2),
         "cos_mean": round(float(cos.mean()), 4), "cos_min": round(float(cos.min()), 4), "bn_distance": round(result.bn_distance, 3),
         "synthesised": {k: v for k, v in synth.items() if k != "per_image"}, "real": {k: v for k, v in real.items() if k != "per_image"},

@@ -6,7 +6,7 @@ import json
 
 import click
 
-from cleanface.inversion.identities import PRIOR_IMAGES, invert_identities
+from cleanface.inversion.identities import PRIOR_COMPONENTS, PRIOR_IMAGES, invert_identities
 from cleanface.inversion.invert import DEFAULTS
 from cleanface_cli._common import console, handle_errors, seed_option, silent_option
 
@@ -23,7 +23,8 @@ from cleanface_cli._common import console, handle_errors, seed_option, silent_op
 @click.option("--out", "out_dir", type=click.Path(), required=True, help="Output folder for the PNGs and inversion.json.")
 @click.option("--steps", type=click.IntRange(min=1), default=DEFAULTS["steps"], show_default=True, help="Optimisation steps.")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=DEFAULTS["lr"], show_default=True, help="Adam learning rate (cosine decay).")
-@click.option("--bn-weight", type=click.FloatRange(min=0), default=DEFAULTS["bn_weight"], show_default=True, help="Weight of the BatchNorm prior.")
+@click.option("--bn-weight", type=click.FloatRange(min=0), default=None, show_default="0 with eigenfaces, else 0.002",
+              help="Weight of the BatchNorm prior.")
 @click.option("--no-bn-prior", is_flag=True, help="Turn the BatchNorm prior off (same as --bn-weight 0).")
 @click.option("--bn-first", type=click.FloatRange(min=0), default=DEFAULTS["bn_first"], show_default=True,
               help="Multiplier of the first BatchNorm layer's term (colour and edge statistics).")
@@ -32,7 +33,9 @@ from cleanface_cli._common import console, handle_errors, seed_option, silent_op
 @click.option("--prior-images", type=click.IntRange(min=0), default=PRIOR_IMAGES, show_default=True,
               help="Start from the average face of this many training images, drawn at random from the run's training data (or "
                    "--data), and keep near it: the image prior (0: start from noise, the data-free inversion).")
-@click.option("--pixel-weight", type=click.FloatRange(min=0), default=None, show_default=str(DEFAULTS["pixel_weight"]),
+@click.option("--prior-components", type=click.IntRange(min=0), default=PRIOR_COMPONENTS, show_default=True,
+              help="Eigenfaces of the image prior: the images are mixes of the ways training faces differ (0: a per-pixel prior).")
+@click.option("--pixel-weight", type=click.FloatRange(min=0), default=None, show_default="1 with eigenfaces, 10 per pixel",
               help="Weight of the image prior's term (how near the average face the images stay).")
 @click.option("--data", type=click.Path(exists=True), default=None, help="Dataset the image prior is drawn from [default: the run's training data].")
 @click.option("--jitter", type=click.IntRange(min=0), default=DEFAULTS["jitter"], help="Largest random shift per step in pixels [default: image side // 32, at least 1].")
@@ -52,7 +55,7 @@ from cleanface_cli._common import console, handle_errors, seed_option, silent_op
 def invert_cmd(
     run: str, identities: tuple[str, ...], all_identities: bool, sub_centers: bool, purify_dir: str | None, embeddings: str | None,
     rows: str | None, out_dir: str, steps: int, lr: float, bn_weight: float, no_bn_prior: bool, bn_first: float, tv_weight: float,
-    l2_weight: float, prior_images: int, pixel_weight: float | None, data: str | None, jitter: int | None, flip: bool, scale: float,
+    l2_weight: float, prior_images: int, prior_components: int, pixel_weight: float | None, data: str | None, jitter: int | None, flip: bool, scale: float,
     levels: int, restarts: int, batch_size: int, device: str, overwrite: bool, seed: int, silent: bool,
 ) -> None:
     """Synthesise images whose embeddings under the model of RUN match its sub-centers or given embeddings.
@@ -76,9 +79,9 @@ def invert_cmd(
         raise click.UsageError("--pixel-weight needs --prior-images")
     out = invert_identities(
         run, list(identities), out_dir, sub_centers=sub_centers, purify_dir=purify_dir, embeddings=embeddings, rows=rows,
-        all_identities=all_identities, prior_images=prior_images, data=data,
+        all_identities=all_identities, prior_images=prior_images, prior_components=prior_components, data=data,
         steps=steps, lr=lr, bn_weight=0.0 if no_bn_prior else bn_weight, bn_first=bn_first, seed=seed, device=device, batch_size=batch_size,
-        tv_weight=tv_weight, l2_weight=l2_weight, pixel_weight=DEFAULTS["pixel_weight"] if pixel_weight is None else pixel_weight,
+        tv_weight=tv_weight, l2_weight=l2_weight, pixel_weight=pixel_weight,
         jitter=jitter, flip=flip, scale=scale, levels=levels, restarts=restarts, overwrite=overwrite, silent=silent,
     )
     summary = json.loads((out / "inversion.json").read_text())

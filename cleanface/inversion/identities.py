@@ -54,6 +54,9 @@ MAX_ROWS = 1000
 #: training images drawn for the image prior by default (their average face is where the images start)
 PRIOR_IMAGES = 1000
 
+#: eigenfaces of the default image prior (0: the per-pixel prior)
+PRIOR_COMPONENTS = 128
+
 
 @dataclass(frozen=True)
 class Target:
@@ -301,9 +304,9 @@ def _identity_summary(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return list(by_name.values())
 
 
-def sample_image_prior(data: str | os.PathLike, config: dict[str, Any], count: int, *, seed: int = 0) -> ImagePrior:
+def sample_image_prior(data: str | os.PathLike, config: dict[str, Any], count: int, *, seed: int = 0, components: int = 0) -> ImagePrior:
     """The image prior of ``count`` images drawn at random (``seed``) from the dataset ``data``, decoded as the run
-    trained on them (its ``input_size`` and ``crop``)."""
+    trained on them (its ``input_size`` and ``crop``); ``components`` > 0: its eigenface model of that many components."""
     from cleanface.data.images import decode_image
     from cleanface.data.open import open_dataset
 
@@ -314,7 +317,7 @@ def sample_image_prior(data: str | os.PathLike, config: dict[str, Any], count: i
         raise DataError(f"{data} holds {len(index)} image(s); the image prior needs at least 2")
     rows = np.sort(np.random.default_rng(seed).choice(len(index), size=min(count, len(index)), replace=False))
     size, crop = int(config["input_size"]), config.get("crop")
-    return ImagePrior.from_images(np.stack([decode_image(index.read_bytes(int(i)), size=size, crop=crop) for i in rows]))
+    return ImagePrior.from_images(np.stack([decode_image(index.read_bytes(int(i)), size=size, crop=crop) for i in rows]), components=components)
 
 
 def _prior_source(run_dir: str | os.PathLike, config: dict[str, Any], data: str | os.PathLike | None) -> str | os.PathLike:
@@ -346,6 +349,7 @@ def invert_identities(
     rows: str | None = None,
     all_identities: bool = False,
     prior_images: int = PRIOR_IMAGES,
+    prior_components: int = PRIOR_COMPONENTS,
     data: str | os.PathLike | None = None,
     seed: int = 0,
     device: str = "cpu",
@@ -373,12 +377,10 @@ def invert_identities(
         A ``.npy`` file of shape (N, D) whose rows (``rows``, e.g. ``"0-9"``) are inverted too.
     all_identities : bool
         Every identity of the run (``names`` must then be empty).
-    prior_images : int
-        Draw this many training images (from ``data``, by default the run's own training
-        set) for the image prior (:mod:`cleanface.inversion.image_prior`); 0: none, the
-        images start from noise.
-    data : path-like, optional
-        The dataset the image prior is drawn from (default: the ``data`` of the run's config).
+    prior_images, prior_components, data
+        The image prior (:mod:`cleanface.inversion.image_prior`): this many images drawn from
+        ``data`` (default: the run's training data; 0 images: start from noise), with this
+        many eigenfaces (0: the per-pixel prior).
     seed, device, batch_size, **invert_kw
         Optimisation settings (see :func:`cleanface.inversion.invert.invert`).
     overwrite, silent : bool
@@ -397,7 +399,8 @@ def invert_identities(
     if all_identities:
         names = list(loaded.names)
     if prior_images:
-        invert_kw["image_prior"] = sample_image_prior(_prior_source(run_dir, config, data), config, prior_images, seed=seed)
+        invert_kw["image_prior"] = sample_image_prior(_prior_source(run_dir, config, data), config, prior_images, seed=seed,
+                                                      components=prior_components)
     size = int(config["input_size"])
     centers = centers_of(loaded.head)
     labels = resolve_names(names, loaded.names)
@@ -424,6 +427,6 @@ def centers_of(head: nn.Module) -> np.ndarray:
 
 
 __all__ = [
-    "MAX_ROWS", "PRIOR_IMAGES", "Target", "sample_image_prior", "safe_names", "read_votes", "read_dominant", "resolve_names", "subcenter_targets",
+    "MAX_ROWS", "PRIOR_COMPONENTS", "PRIOR_IMAGES", "Target", "sample_image_prior", "safe_names", "read_votes", "read_dominant", "resolve_names", "subcenter_targets",
     "parse_rows", "embedding_targets", "write_inversions", "invert_identities", "centers_of",
 ]

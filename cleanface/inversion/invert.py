@@ -28,16 +28,17 @@ image's best. ``bn_first`` weighs the first BatchNorm layer's term more.
 What the defaults rest on (BENCHMARKS.md, "Faces from sub-centers"; an independent face
 model, dlib's, judges the images of the dominant sub-centers of 40 LFW identities): from
 noise, no combination of the BN prior (weights 0.002 to 0.05, first layer x10), jitter,
-flips, zoom, TV and coarse-to-fine made a face that dlib's detector finds (0 of 40); from
-the average face with ``pixel_weight`` 10 and these defaults, 40 of 40 are detected as faces
-and 12 of 40 are identified as the right person among the 40 (chance: 1; on CelebA, without
-retuning, 40 and 8 of 40). A larger BN weight (0.01) costs faces (26 of 40), ``pixel_weight``
-30 identity (8 of 40); jitter and zoom add a little identity, TV, flips, coarse-to-fine and
-restarts nothing measurable, 600 steps nothing over 300. Without an image prior the defaults are those of the data-free inversion: noise of
-``init_std`` 0.5 and the BN prior at 0.002. On the BN weight: R_bn is a sum of norms, whose
-gradient does not shrink as the statistics approach the running ones, while that of
-1 - cos vanishes at the target; a strong BN prior holds the images at an angle from their
-targets without buying closer statistics.
+flips, zoom, TV and coarse-to-fine made a face that dlib's detector finds (0 of 40). From the
+average face with a per-pixel prior (``pixel_weight`` 10), 40 of 40 are faces and 12 of 40
+are identified as the right person among the 40 (chance: 1); there a larger BN weight (0.01)
+costs faces, ``pixel_weight`` 30 identity, and TV, flips, coarse-to-fine and restarts add
+nothing measurable, 600 steps nothing over 300. With an eigenface prior of 128 components
+(``pixel_weight`` 1, no BN prior, which works against it), 17 of 40 are identified (15 of 40
+on CelebA, chosen on LFW only). Without an image prior the defaults are those of the
+data-free inversion: noise of ``init_std`` 0.5 and the BN prior at 0.002. On the BN weight:
+R_bn is a sum of norms, whose gradient does not shrink as the statistics approach the
+running ones, while that of 1 - cos vanishes at the target; a strong BN prior holds the
+images at an angle from their targets without buying closer statistics.
 
 The result is reported on what is written out: the images are rounded to uint8 and
 embedded again (no shift, no flip) to give the final cosines.
@@ -177,7 +178,7 @@ def invert(
     size: int,
     steps: int = 300,
     lr: float = 0.05,
-    bn_weight: float = 0.002,
+    bn_weight: float | None = None,
     cos_weight: float = 1.0,
     tv_weight: float = 0.05,
     l2_weight: float = 0.01,
@@ -188,7 +189,7 @@ def invert(
     levels: int = 1,
     restarts: int = 1,
     image_prior: ImagePrior | None = None,
-    pixel_weight: float = 10.0,
+    pixel_weight: float | None = None,
     init_std: float | None = None,
     seed: int = 0,
     device: str | torch.device = "cpu",
@@ -208,7 +209,8 @@ def invert(
         Image side S (the backbone's input size); Adam steps; initial learning rate (cosine decay to 0).
     bn_weight, cos_weight, tv_weight, l2_weight, pixel_weight : float
         Weights of the loss terms (module docstring); ``bn_weight=0`` turns the BN prior off
-        (R_bn is still recorded); ``pixel_weight`` applies with an ``image_prior`` only.
+        (R_bn is still recorded; default 0 with an eigenface prior, else 0.002); ``pixel_weight``
+        applies with an ``image_prior`` only (default 1 for an eigenface prior, 10 for a per-pixel one).
     jitter, flip, scale : int or None, bool, float
         Each step's random view: a circular shift of up to ``jitter`` pixels (default
         ``max(1, size // 16)``), a mirror image at random (off: it costs cosine with networks
@@ -220,8 +222,9 @@ def invert(
         shares of the steps); random starts per image (each optimised a tenth of the steps,
         the best kept).
     image_prior : ImagePrior, optional
-        Per-pixel statistics of training images (:mod:`cleanface.inversion.image_prior`): the
-        images start from their average face, the optimised pixels a residual added in tanh space.
+        Statistics of training images (:mod:`cleanface.inversion.image_prior`): the images start
+        from their average face; the optimised values are a residual added in tanh space or,
+        for an eigenface prior, the eigenface coefficients (then ``levels`` must be 1).
     init_std : float, optional
         Initial noise in tanh space (of the residual with an image prior); default 0 with an
         image prior, else 0.5.
@@ -243,8 +246,8 @@ def invert(
     settings.update({"seed": seed, "device": str(dev), "targets": int(t.shape[0])})
     plan = _random_plan(seed, t.shape[0], size, steps, init_std=settings["init_std"], jitter=settings["jitter"], flip=flip, scale=scale,
                         levels=levels, restarts=restarts, image_prior=image_prior, device=dev)
-    has_bn = _has_bn_prior(backbone, bn_weight)
-    loss_weights = _LossWeights(cos=cos_weight, bn=bn_weight, tv=tv_weight, l2=l2_weight, bn_first=bn_first, pix=settings["pixel_weight"])
+    has_bn = _has_bn_prior(backbone, settings["bn_weight"])
+    loss_weights = _LossWeights(cos=cos_weight, bn=settings["bn_weight"], tv=tv_weight, l2=l2_weight, bn_first=bn_first, pix=settings["pixel_weight"])
     return _run(backbone, plan, t, dev, has_bn=has_bn, lr=lr, weights=loss_weights, size=size, silent=silent, settings=settings)
 
 
@@ -259,7 +262,7 @@ def _run(backbone: nn.Module, plan: "_Plan", t: torch.Tensor, dev: torch.device,
         z = _best_start(backbone, prior, plan, t.to(dev), dev, lr=lr, weights=weights, size=size, steps=plan.ends[-1])
         z, history = _optimise(backbone, prior, z, t.to(dev), plan, lr=lr, weights=weights, size=size, progress=progress)
         seconds = time.perf_counter() - start
-        images, final_cos, distance = _written_result(backbone, _render(z, size, plan.base), t, dev, has_bn=has_bn)
+        images, final_cos, distance = _written_result(backbone, _render(z, size, plan.base, plan.pixels), t, dev, has_bn=has_bn)
     return InversionResult(images=images, final_cos=final_cos, history=history, bn_distance=distance, seconds=seconds, settings=settings)
 
 
@@ -332,9 +335,16 @@ def _check_schedule(size: int, steps: int, *, scale: float, bn_first: float, lev
 
 
 def _resolved_settings(*, size: int, steps: int, lr: float, jitter: int | None, init_std: float | None, image_prior: ImagePrior | None,
-                       pixel_weight: float, **kw: Any) -> dict[str, Any]:
+                       pixel_weight: float | None, **kw: Any) -> dict[str, Any]:
     """The settings of :func:`invert`, checked, with the defaults that depend on others resolved (JSON-ready)."""
     jitter = max(1, size // 16) if jitter is None else jitter
+    rank = 0 if image_prior is None else image_prior.rank
+    if pixel_weight is None:
+        pixel_weight = 1.0 if rank else 10.0
+    if kw["bn_weight"] is None:  # the BN prior pulls eigenface mixes away from faces (BENCHMARKS.md)
+        kw["bn_weight"] = 0.0 if rank else 0.002
+    if rank and kw["levels"] != 1:
+        raise ConfigError(f"an eigenface prior optimises its coefficients, not pixels: levels must be 1, got {kw['levels']}")
     init_std = (0.0 if image_prior is not None else 0.5) if init_std is None else init_std
     weights = {k: float(kw[k]) for k in ("bn_weight", "cos_weight", "tv_weight", "l2_weight")}
     _check_settings(size, steps, lr, weights, jitter, init_std)
@@ -345,7 +355,7 @@ def _resolved_settings(*, size: int, steps: int, lr: float, jitter: int | None, 
         "size": size, "steps": steps, "lr": lr, **weights, "jitter": jitter, "flip": kw["flip"], "scale": kw["scale"],
         "bn_first": kw["bn_first"], "levels": kw["levels"], "restarts": kw["restarts"],
         "pixel_weight": float(pixel_weight) if image_prior is not None else 0.0,
-        "image_prior": None if image_prior is None else {"images": image_prior.images, "size": image_prior.size},
+        "image_prior": None if image_prior is None else {"images": image_prior.images, "size": image_prior.size, "components": rank},
         "init_std": init_std,
     }
 
@@ -374,13 +384,18 @@ def _random_plan(
     starts += [torch.randn((m, 3, sides[0], sides[0]), generator=gen) * init_std for _ in range(restarts - 1)]
     ends = [round(steps * (level + 1) / levels) for level in range(levels)]
     pixels = None if image_prior is None else image_prior.at(size)
+    if pixels is not None and pixels.rank:  # the coefficients are optimised: redraw the starts in their space, from the same stream
+        starts = [s.flatten(1)[:, : pixels.rank] if s.flatten(1).shape[1] >= pixels.rank else torch.zeros(m, pixels.rank) for s in starts]
+        return _Plan(starts, shifts, flips, zooms, sides, ends, pixels, None)
     base = None if pixels is None else pixels.base().to(device or "cpu")
     return _Plan(starts, shifts, flips, zooms, sides, ends, pixels, base)
 
 
-def _render(z: torch.Tensor, size: int, base: torch.Tensor | None = None) -> torch.Tensor:
+def _render(z: torch.Tensor, size: int, base: torch.Tensor | None = None, pixels: ImagePrior | None = None) -> torch.Tensor:
     """The (M, 3, size, size) image in [-1, 1] of tanh-space pixels ``z`` at any side (bilinear upsampling first),
-    added to the tanh-space ``base`` image when given."""
+    added to the tanh-space ``base`` image when given; of eigenface coefficients ``z`` (M, k) with an eigenface prior."""
+    if pixels is not None and pixels.rank:
+        return torch.tanh(pixels.decode(z))
     if z.shape[-1] != size:
         z = F.interpolate(z, size=(size, size), mode="bilinear", align_corners=False)
     return torch.tanh(z if base is None else z + base)
@@ -406,8 +421,15 @@ def _tv_each(x: torch.Tensor) -> torch.Tensor:
     return dy + dx
 
 
+def _pixel_term(pixels: ImagePrior, z: torch.Tensor, x: torch.Tensor, *, each: bool = False) -> torch.Tensor:
+    """R_pix of the batch (per image (M,) when ``each``): of the images ``x``, or of the eigenface coefficients ``z``."""
+    values = z.pow(2) if pixels.rank else ((x - pixels.mean.to(x.device)) / pixels.std.to(x.device)).pow(2)
+    return values.flatten(1).mean(dim=1) if each else values.mean()
+
+
 def _loss_terms(
-    backbone: nn.Module, prior: BNPrior | None, x: torch.Tensor, view: torch.Tensor, target: torch.Tensor, pixels: ImagePrior | None = None
+    backbone: nn.Module, prior: BNPrior | None, x: torch.Tensor, view: torch.Tensor, target: torch.Tensor, pixels: ImagePrior | None = None,
+    z: torch.Tensor | None = None,
 ) -> _Terms:
     """The loss terms of image batch ``x`` seen as ``view`` (R_bn 0 without a BN prior, R_pix 0 without an image prior)."""
     if prior is not None:
@@ -418,7 +440,7 @@ def _loss_terms(
     cos = (F.normalize(emb.float(), dim=1) * target).sum(dim=1)
     zero = torch.zeros((), device=x.device)
     bn, bn0 = (prior.loss(), prior.terms[0]) if prior is not None else (zero, zero)
-    pix = pixels.loss(x) if pixels is not None else zero
+    pix = _pixel_term(pixels, z, x) if pixels is not None else zero
     return _Terms(cos, bn, bn0, _tv_each(x).mean(), x.pow(2).mean(), pix)
 
 
@@ -444,14 +466,13 @@ def _best_start(
     for start in plan.starts:
         z, _ = _optimise(backbone, prior, start.to(dev), target, probe, lr=lr, weights=weights, size=size, progress=None, total=steps)
         with torch.no_grad():
-            x = _render(z, size, plan.base)
+            x = _render(z, size, plan.base, plan.pixels)
             if prior is not None:
                 prior.reset()
             cos = (F.normalize(backbone(x).float(), dim=1) * target).sum(dim=1)
             loss = weights.cos * (1 - cos) + weights.tv * _tv_each(x) + weights.l2 * x.pow(2).flatten(1).mean(dim=1)
             if plan.pixels is not None and weights.pix:
-                m, sd = plan.pixels.mean.to(x.device), plan.pixels.std.to(x.device)
-                loss = loss + weights.pix * ((x - m) / sd).pow(2).flatten(1).mean(dim=1)
+                loss = loss + weights.pix * _pixel_term(plan.pixels, z, x, each=True)
         if best_z is None:
             best_z, best_loss = z.detach().clone(), loss
         else:
@@ -484,14 +505,14 @@ def _optimise(
     task = progress.add_task(f"inverting {z.shape[0]} vectors", total=steps, cos=0.0, bn=0.0) if progress is not None else None
     history: dict[str, list[float]] = {k: [] for k in HISTORY_KEYS}
     for level, (side, end) in enumerate(zip(plan.sides, plan.ends)):
-        if z.shape[-1] != side:
+        if z.ndim == 4 and z.shape[-1] != side:
             z = F.interpolate(z.detach(), size=(side, side), mode="bilinear", align_corners=False)
         z = z.detach().clone().requires_grad_(True)  # never the caller's tensor: Adam steps in place
         optimiser = torch.optim.Adam([z], lr=lr, betas=(0.9, 0.999))
         for i in range(plan.ends[level - 1] if level else 0, end):
             optimiser.param_groups[0]["lr"] = lr * 0.5 * (1 + math.cos(math.pi * i / total))
-            x = _render(z, size, plan.base)
-            terms = _loss_terms(backbone, prior, x, _augmented(x, plan, i), target, plan.pixels)
+            x = _render(z, size, plan.base, plan.pixels)
+            terms = _loss_terms(backbone, prior, x, _augmented(x, plan, i), target, plan.pixels, z)
             loss = _total_loss(terms, weights, i, total)
             if not torch.isfinite(loss):
                 raise TrainingError(f"inversion loss became {float(loss)} at step {i}; lower the learning rate")

@@ -163,7 +163,8 @@ def test_command_passes_the_image_priors(trained, fake_run, tmp_path):
 def test_the_image_prior_is_drawn_from_the_runs_training_data(trained, fake_run, tmp_path):
     out = invert_identities(fake_run, trained.names[:1], tmp_path / "inv", steps=3, silent=True)
     settings = json.loads((out / "inversion.json").read_text())["settings"]
-    assert settings["image_prior"] == {"images": len(trained.images), "size": SIZE} and settings["pixel_weight"] == 10.0
+    assert settings["image_prior"] == {"images": len(trained.images), "size": SIZE, "components": 128}
+    assert settings["pixel_weight"] == 1.0 and settings["bn_weight"] == 0.0  # the eigenface prior's defaults
     free = invert_identities(fake_run, trained.names[:1], tmp_path / "free", steps=3, prior_images=0, silent=True)
     assert json.loads((free / "inversion.json").read_text())["settings"]["image_prior"] is None
     with pytest.raises(DataError, match="is not there for the image prior; give a dataset of such faces"):

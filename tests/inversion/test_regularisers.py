@@ -207,7 +207,31 @@ def test_image_prior_starts_from_the_average_face_and_keeps_near_it(trained, tar
     r_pix = [float(average.loss(to_tensor_batch(r.images))) for r in (held, loose)]
     assert r_pix[0] < 0.7 * r_pix[1], r_pix
     assert held.history["pix"][-1] < held.history["pix"][len(held.history["pix"]) // 4] or held.history["pix"][-1] < 0.5
-    assert held.settings["image_prior"] == {"images": len(trained.images), "size": SIZE} and held.final_cos.min() > 0.5
+    assert held.settings["image_prior"] == {"images": len(trained.images), "size": SIZE, "components": 0} and held.final_cos.min() > 0.5
     # without an image prior there is no R_pix to weigh
     free = invert(trained.backbone, targets[:1], size=SIZE, steps=3, pixel_weight=5.0)
     assert free.settings["pixel_weight"] == 0.0 and free.history["pix"] == [0.0] * 3
+
+
+def test_eigenface_prior_keeps_the_images_mixes_of_training_faces(trained, targets):
+    from cleanface.inversion import ImagePrior
+
+    eigen = ImagePrior.from_images(trained.images, components=16)
+    assert eigen.rank == 16 and eigen.components.shape == (16, 3 * SIZE * SIZE)
+    np.testing.assert_allclose((eigen.components @ eigen.components.T).numpy(), np.eye(16), atol=1e-4)  # orthonormal
+    assert torch.all(eigen.scales[:-1] >= eigen.scales[1:])  # largest variance first
+    np.testing.assert_allclose(eigen.decode(torch.zeros(1, 16))[0].numpy(), eigen.center.numpy(), atol=1e-6)
+    r = invert(trained.backbone, targets, size=SIZE, **{**BARE, "image_prior": eigen, "pixel_weight": None, "bn_weight": None})
+    assert r.settings["pixel_weight"] == 1.0 and r.settings["bn_weight"] == 0.0 and r.settings["image_prior"]["components"] == 16
+    assert r.final_cos.min() > 0.5
+    # the written images lie (up to uint8 rounding and tanh clipping) in the span of the eigenfaces around their centre
+    z = torch.atanh(to_tensor_batch(r.images).clamp(-0.97, 0.97)).flatten(1) - eigen.center.flatten()
+    residual = z - (z @ eigen.components.T) @ eigen.components
+    assert float(residual.norm() / z.norm()) < 0.2
+    # a stronger prior keeps the coefficients smaller
+    strong = invert(trained.backbone, targets, size=SIZE, **{**BARE, "image_prior": eigen, "pixel_weight": 20.0})
+    assert strong.history["pix"][-1] < 0.5 * r.history["pix"][-1], (strong.history["pix"][-1], r.history["pix"][-1])
+    with pytest.raises(ConfigError, match="levels must be 1"):
+        invert(trained.backbone, targets[:1], size=SIZE, image_prior=eigen, levels=2, steps=4)
+    with pytest.raises(ConfigError, match="built at 32 pixels"):
+        eigen.at(64)
