@@ -105,13 +105,11 @@ def reference_descriptors(judge: Judge, model, rows: list[np.ndarray], key: str)
 def outside_prior(index, config: dict, judged: list[str], count: int, *, seed: int, components: int = 0):
     """The image prior of ``count`` training images drawn at random from identities that are not judged
     (``components`` > 0: with that many eigenfaces)."""
-    from cleanface.data.images import decode_image
-    from cleanface.inversion import ImagePrior
+    from cleanface.inversion.identities import image_prior_of
 
     outside = np.flatnonzero(~np.isin(index.labels, [index.names.index(n) for n in judged]))
     rows = np.random.default_rng(seed).choice(outside, size=min(count, len(outside)), replace=False)
-    size, crop = int(config["input_size"]), config.get("crop")
-    return ImagePrior.from_images(np.stack([decode_image(index.read_bytes(int(i)), size=size, crop=crop) for i in rows]), components=components)
+    return image_prior_of(index, rows, config, components=components)
 
 
 def verdicts(found: np.ndarray, desc: np.ndarray, refs: list[np.ndarray], exclude: list[int] | None = None) -> dict:

@@ -307,7 +307,6 @@ def _identity_summary(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def sample_image_prior(data: str | os.PathLike, config: dict[str, Any], count: int, *, seed: int = 0, components: int = 0) -> ImagePrior:
     """The image prior of ``count`` images drawn at random (``seed``) from the dataset ``data``, decoded as the run
     trained on them (its ``input_size`` and ``crop``); ``components`` > 0: its eigenface model of that many components."""
-    from cleanface.data.images import decode_image
     from cleanface.data.open import open_dataset
 
     if count < 2:
@@ -316,6 +315,13 @@ def sample_image_prior(data: str | os.PathLike, config: dict[str, Any], count: i
     if len(index) < 2:
         raise DataError(f"{data} holds {len(index)} image(s); the image prior needs at least 2")
     rows = np.sort(np.random.default_rng(seed).choice(len(index), size=min(count, len(index)), replace=False))
+    return image_prior_of(index, rows, config, components=components)
+
+
+def image_prior_of(index: Any, rows: Sequence[int], config: dict[str, Any], *, components: int = 0) -> ImagePrior:
+    """The image prior of the images ``rows`` of the dataset ``index``, decoded as the run (``config``) trained on them."""
+    from cleanface.data.images import decode_image
+
     size, crop = int(config["input_size"]), config.get("crop")
     return ImagePrior.from_images(np.stack([decode_image(index.read_bytes(int(i)), size=size, crop=crop) for i in rows]), components=components)
 
@@ -427,6 +433,6 @@ def centers_of(head: nn.Module) -> np.ndarray:
 
 
 __all__ = [
-    "MAX_ROWS", "PRIOR_COMPONENTS", "PRIOR_IMAGES", "Target", "sample_image_prior", "safe_names", "read_votes", "read_dominant", "resolve_names", "subcenter_targets",
+    "MAX_ROWS", "PRIOR_COMPONENTS", "PRIOR_IMAGES", "Target", "image_prior_of", "sample_image_prior", "safe_names", "read_votes", "read_dominant", "resolve_names", "subcenter_targets",
     "parse_rows", "embedding_targets", "write_inversions", "invert_identities", "centers_of",
 ]

@@ -105,7 +105,15 @@ class ImagePrior:
         comp, scales, center = (t.to(coefficients.device) for t in (self.components, self.scales, self.center))
         return center + ((coefficients * scales) @ comp).view(-1, *center.shape)
 
-    def loss(self, x: torch.Tensor) -> torch.Tensor:
-        """R_pix of a batch of images (M, 3, S, S) in [-1, 1]: mean squared standardised distance to the average face."""
-        m, s = self.mean.to(x.device), self.std.to(x.device)
-        return ((x - m) / s).pow(2).mean()
+    def loss_each(self, x: torch.Tensor, coefficients: torch.Tensor | None = None) -> torch.Tensor:
+        """R_pix per image (M,): of images (M, 3, S, S) in [-1, 1], the mean squared standardised distance to the average
+        face; with an eigenface model, the mean squared ``coefficients`` (M, k) that made them."""
+        if self.rank:
+            if coefficients is None:
+                raise ConfigError("an eigenface prior measures the coefficients of its images: pass them")
+            return coefficients.pow(2).mean(dim=1)
+        return ((x - self.mean.to(x.device)) / self.std.to(x.device)).pow(2).flatten(1).mean(dim=1)
+
+    def loss(self, x: torch.Tensor, coefficients: torch.Tensor | None = None) -> torch.Tensor:
+        """R_pix of the batch: the mean of :meth:`loss_each` (every image has as many pixels and coefficients)."""
+        return self.loss_each(x, coefficients).mean()

@@ -262,7 +262,7 @@ def _run(backbone: nn.Module, plan: "_Plan", t: torch.Tensor, dev: torch.device,
         z = _best_start(backbone, prior, plan, t.to(dev), dev, lr=lr, weights=weights, size=size, steps=plan.ends[-1])
         z, history = _optimise(backbone, prior, z, t.to(dev), plan, lr=lr, weights=weights, size=size, progress=progress)
         seconds = time.perf_counter() - start
-        images, final_cos, distance = _written_result(backbone, _render(z, size, plan.base, plan.pixels), t, dev, has_bn=has_bn)
+        images, final_cos, distance = _written_result(backbone, _render(z, size, plan), t, dev, has_bn=has_bn)
     return InversionResult(images=images, final_cos=final_cos, history=history, bn_distance=distance, seconds=seconds, settings=settings)
 
 
@@ -385,20 +385,20 @@ def _random_plan(
     ends = [round(steps * (level + 1) / levels) for level in range(levels)]
     pixels = None if image_prior is None else image_prior.at(size)
     if pixels is not None and pixels.rank:  # the coefficients are optimised: redraw the starts in their space, from the same stream
-        starts = [s.flatten(1)[:, : pixels.rank] if s.flatten(1).shape[1] >= pixels.rank else torch.zeros(m, pixels.rank) for s in starts]
+        starts = [s.flatten(1)[:, : pixels.rank] for s in starts]  # k <= 3 * size**2: the components span the pixels at most
         return _Plan(starts, shifts, flips, zooms, sides, ends, pixels, None)
     base = None if pixels is None else pixels.base().to(device or "cpu")
     return _Plan(starts, shifts, flips, zooms, sides, ends, pixels, base)
 
 
-def _render(z: torch.Tensor, size: int, base: torch.Tensor | None = None, pixels: ImagePrior | None = None) -> torch.Tensor:
+def _render(z: torch.Tensor, size: int, plan: "_Plan") -> torch.Tensor:
     """The (M, 3, size, size) image in [-1, 1] of tanh-space pixels ``z`` at any side (bilinear upsampling first),
-    added to the tanh-space ``base`` image when given; of eigenface coefficients ``z`` (M, k) with an eigenface prior."""
-    if pixels is not None and pixels.rank:
-        return torch.tanh(pixels.decode(z))
+    added to the plan's tanh-space base image when it has one; of eigenface coefficients ``z`` (M, k) with an eigenface prior."""
+    if plan.pixels is not None and plan.pixels.rank:
+        return torch.tanh(plan.pixels.decode(z))
     if z.shape[-1] != size:
         z = F.interpolate(z, size=(size, size), mode="bilinear", align_corners=False)
-    return torch.tanh(z if base is None else z + base)
+    return torch.tanh(z if plan.base is None else z + plan.base)
 
 
 def _augmented(x: torch.Tensor, plan: _Plan, i: int) -> torch.Tensor:
@@ -421,12 +421,6 @@ def _tv_each(x: torch.Tensor) -> torch.Tensor:
     return dy + dx
 
 
-def _pixel_term(pixels: ImagePrior, z: torch.Tensor, x: torch.Tensor, *, each: bool = False) -> torch.Tensor:
-    """R_pix of the batch (per image (M,) when ``each``): of the images ``x``, or of the eigenface coefficients ``z``."""
-    values = z.pow(2) if pixels.rank else ((x - pixels.mean.to(x.device)) / pixels.std.to(x.device)).pow(2)
-    return values.flatten(1).mean(dim=1) if each else values.mean()
-
-
 def _loss_terms(
     backbone: nn.Module, prior: BNPrior | None, x: torch.Tensor, view: torch.Tensor, target: torch.Tensor, pixels: ImagePrior | None = None,
     z: torch.Tensor | None = None,
@@ -440,7 +434,7 @@ def _loss_terms(
     cos = (F.normalize(emb.float(), dim=1) * target).sum(dim=1)
     zero = torch.zeros((), device=x.device)
     bn, bn0 = (prior.loss(), prior.terms[0]) if prior is not None else (zero, zero)
-    pix = _pixel_term(pixels, z, x) if pixels is not None else zero
+    pix = pixels.loss(x, z) if pixels is not None else zero
     return _Terms(cos, bn, bn0, _tv_each(x).mean(), x.pow(2).mean(), pix)
 
 
@@ -466,13 +460,13 @@ def _best_start(
     for start in plan.starts:
         z, _ = _optimise(backbone, prior, start.to(dev), target, probe, lr=lr, weights=weights, size=size, progress=None, total=steps)
         with torch.no_grad():
-            x = _render(z, size, plan.base, plan.pixels)
+            x = _render(z, size, plan)
             if prior is not None:
                 prior.reset()
             cos = (F.normalize(backbone(x).float(), dim=1) * target).sum(dim=1)
             loss = weights.cos * (1 - cos) + weights.tv * _tv_each(x) + weights.l2 * x.pow(2).flatten(1).mean(dim=1)
             if plan.pixels is not None and weights.pix:
-                loss = loss + weights.pix * _pixel_term(plan.pixels, z, x, each=True)
+                loss = loss + weights.pix * plan.pixels.loss_each(x, z)
         if best_z is None:
             best_z, best_loss = z.detach().clone(), loss
         else:
@@ -511,7 +505,7 @@ def _optimise(
         optimiser = torch.optim.Adam([z], lr=lr, betas=(0.9, 0.999))
         for i in range(plan.ends[level - 1] if level else 0, end):
             optimiser.param_groups[0]["lr"] = lr * 0.5 * (1 + math.cos(math.pi * i / total))
-            x = _render(z, size, plan.base, plan.pixels)
+            x = _render(z, size, plan)
             terms = _loss_terms(backbone, prior, x, _augmented(x, plan, i), target, plan.pixels, z)
             loss = _total_loss(terms, weights, i, total)
             if not torch.isfinite(loss):
