@@ -143,7 +143,26 @@ def make_embeddings(n: int, folder: Path, seed: int = 0, centers_dtype: type = n
     emb.flush()
     del emb
     truth = {"clean": int((kind == 0).sum()), "close_set": int((kind == 1).sum()), "own_non_dominant": int((kind == 2).sum()), "duplicates_planted": int(len(dups))}
+    np.savez(folder / "truth.npz", labels=labels, kind=kind, duplicates_planted=len(dups))
     return np.load(folder / "embeddings.npy", mmap_mode="r"), labels, centers, truth
+
+
+def load_or_make(n: int, folder: Path, centers_dtype: type = np.float32) -> tuple[np.memmap, np.ndarray, np.ndarray, dict]:
+    """:func:`make_embeddings` into ``folder``, or what an earlier call left there (the same numbers: the draws are seeded).
+
+    The sub-centers are drawn again (a few seconds); ``truth["kind"]`` holds each image's kind
+    (0 clean, 1 near another identity, 2 near its own non-dominant sub-center).
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    emb_path, truth_path = folder / "embeddings.npy", folder / "truth.npz"
+    if not (emb_path.exists() and truth_path.exists() and np.load(emb_path, mmap_mode="r").shape == (n, D)):
+        make_embeddings(n, folder, centers_dtype=centers_dtype)
+    saved = np.load(truth_path)
+    centers = make_centers(np.random.default_rng(0), max(2, n // 10), centers_dtype)  # the generator's first draws
+    kind = saved["kind"]
+    truth = {"clean": int((kind == 0).sum()), "close_set": int((kind == 1).sum()), "own_non_dominant": int((kind == 2).sum()),
+             "duplicates_planted": int(saved["duplicates_planted"]), "kind": kind}
+    return np.load(emb_path, mmap_mode="r"), saved["labels"], centers, truth
 
 
 def decisions_digest(d) -> str:
@@ -160,9 +179,11 @@ def _peak_rss_mb() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
-def run_size(n: int, workdir: Path, settings: PurifySettings, centers_dtype: type = np.float32, runner=None) -> dict:
+def run_size(n: int, workdir: Path, settings: PurifySettings, centers_dtype: type = np.float32, runner=None, keep: bool = False) -> dict:
     t0 = time.perf_counter()
-    emb, labels, centers, truth = make_embeddings(n, workdir, centers_dtype=centers_dtype)
+    emb, labels, centers, truth = (load_or_make(n, workdir / f"scale{n}", centers_dtype) if keep else
+                                   make_embeddings(n, workdir, centers_dtype=centers_dtype))
+    truth.pop("kind", None)
     generate = time.perf_counter() - t0
     load_before = os.getloadavg()
     with StageMemory() as mem:
@@ -198,14 +219,19 @@ def main(argv: list[str] | None = None) -> None:
                         help="dtype of the sub-centers handed to decide (float16 halves them: 3 GB at 10M images)")
     parser.add_argument("--workers", type=int, default=0,
                         help="decide on a local Dask cluster of this many worker processes (cleanface.purify.shards); 0: this process alone")
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the embeddings in WORKDIR/scale<N>/ and reuse them on the next run (needs --workdir)")
     args = parser.parse_args(argv)
+    if args.keep and not args.workdir:
+        parser.error("--keep needs --workdir")
     sizes = [int(s) for s in args.sizes.split(",") if s]
     settings = PurifySettings()
     results = []
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp, contextlib.ExitStack() as stack:
         runner = stack.enter_context(shards.connect(workers=args.workers)) if args.workers else None
         for n in sizes:
-            result = run_size(n, Path(tmp), settings, centers_dtype=np.dtype(args.centers_dtype).type, runner=runner)
+            result = run_size(n, Path(args.workdir) if args.keep else Path(tmp), settings, centers_dtype=np.dtype(args.centers_dtype).type,
+                              runner=runner, keep=args.keep)
             results.append(result)
             print(f"{n:>9} images, {result['identities']} identities: decide {result['decide_seconds']:.1f} s, peak RSS {result['peak_rss_mb']:.0f} MB "
                   f"({result['peak_anon_mb']:.0f} MB anonymous) "
@@ -217,7 +243,9 @@ def main(argv: list[str] | None = None) -> None:
             print(f"           decisions sha256 {result['decisions_sha256']}", flush=True)
             if "worker_peak_rss_mb" in result:
                 print(f"           worker peak RSS {result['worker_peak_rss_mb']} MB", flush=True)
-            (Path(tmp) / "embeddings.npy").unlink()
+            if not args.keep:
+                (Path(tmp) / "embeddings.npy").unlink()
+                (Path(tmp) / "truth.npz").unlink()
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     info = {"cpus": os.cpu_count(), "python": platform.python_version(), "machine": platform.machine(),

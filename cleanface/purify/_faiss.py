@@ -46,6 +46,7 @@ FP16_CODEC = "SQfp16"  # the factory's name for vectors kept as raw float16
 FP16_COS_ERROR = 2e-3  # bound on |float16-stored inner product - float32 one| for unit vectors (2 x 2^-11 per side, rounded up)
 PROBE_BLOCK = 4096  # queries per matrix product with the centroids
 FLAT_BLOCK = 2048  # queries per call of an exact (flat) search
+FEW = 5  # top_columns picks up to this many by repeated arg-maxima (faster than a partition up to about 5, measured)
 
 
 @dataclass
@@ -340,6 +341,8 @@ def top_columns(scores: np.ndarray, k: int, *, ordered: bool = True) -> np.ndarr
     """
     m = scores.shape[1]
     k = min(k, m)
+    if 0 < k <= FEW and k < m:
+        return _top_by_argmax(scores, k)
     if k == m:
         top = np.broadcast_to(np.arange(m), scores.shape)
     else:
@@ -348,6 +351,18 @@ def top_columns(scores: np.ndarray, k: int, *, ordered: bool = True) -> np.ndarr
         picked = np.take_along_axis(scores, top, axis=1)
         top = np.take_along_axis(top, np.lexsort((top, -picked), axis=1), axis=1)
     return np.ascontiguousarray(top)
+
+
+def _top_by_argmax(scores: np.ndarray, k: int) -> np.ndarray:
+    """:func:`top_columns` for a few ``k``, best first, ties to the lower column: ``k`` arg-maxima of a copy (faster than a partition)."""
+    work = np.array(scores, dtype=np.float32 if scores.dtype == np.float16 else scores.dtype)
+    work[np.isnan(work)] = -np.inf  # NaN never wins (the scores here come from finite, cleaned rows)
+    rows = np.arange(len(work))
+    top = np.empty((len(work), k), dtype=np.int64)
+    for i in range(k):
+        top[:, i] = np.argmax(work, axis=1)
+        work[rows, top[:, i]] = -np.inf
+    return top
 
 
 def _clean(x: np.ndarray) -> np.ndarray:

@@ -22,7 +22,7 @@ identities, at one end, and merged 24-59 pairs of different LFW people per set):
   distribution is measured on each identity's own two random halves
   (:func:`half_similarities`); the mixture's free component is the nearest other person.
   The score of a pair is the probability that it is one person.
-* split: every identity's two groups found by spherical 2-means (:func:`two_groups`) are
+* split: every identity's two groups found by spherical 2-means (:mod:`cleanface.purify.two_means`) are
   mostly one person cut in two; the two-people distribution is measured on pairs of
   identities drawn at random (:func:`random_pair_similarities`), as two namesakes are two
   random people. The score is the probability that the identity holds two people.
@@ -45,15 +45,13 @@ import numpy as np
 from cleanface.purify import _faiss, shards
 from cleanface.purify.analysis import cos_to_degrees, finite_rows, unit_rows
 from cleanface.purify.calibration import Calibration, calibrate
-from cleanface.purify.signals import CHUNK, block_sums, identity_sums
+from cleanface.purify.signals import CHUNK, identity_sums_many
 
 MERGE_MIN_IMAGES = 3  # images an identity (and each half of the reference) needs to be compared: fewer give too noisy a similarity
 REFERENCE_TAIL = 0.01  # a proposal must lie inside the reference distribution it is said to belong to, but for this tail
 MERGE_CANDIDATES = 10  # identities searched per identity (by mean direction) before rescoring by similarity
 RANDOM_PAIRS = 20_000  # pairs of identities drawn for the two-people reference
 SPLIT_MIN_IMAGES = 3  # each group of a split holds at least this many images
-TWO_MEANS_ITERATIONS = 8  # at most: the rounds stop once at most TWO_MEANS_TOLERANCE of the members change group
-TWO_MEANS_TOLERANCE = 0.001
 
 
 @dataclass(frozen=True)
@@ -70,12 +68,16 @@ def group_sums(embeddings: np.ndarray, groups: np.ndarray, num_groups: int, memb
     ``members`` must leave out the rows that are not finite (the rules' members do); when it
     is None the finite rows are found here, in one more pass over the embeddings.
     """
-    groups = np.asarray(groups, dtype=np.int64)
-    members = finite_rows(embeddings) if members is None else np.asarray(members, dtype=bool)
-    inside = (groups >= 0) & members
-    sums = identity_sums(embeddings, np.where(inside, groups, 0), num_groups, inside.astype(np.float32))
-    counts = np.bincount(groups[inside], minlength=num_groups).astype(np.int64)
-    return GroupSums(sums, counts)
+    return group_sums_many(embeddings, [groups], num_groups, finite_rows(embeddings) if members is None else members)[0]
+
+
+def group_sums_many(embeddings: np.ndarray, groupings: list[np.ndarray], num_groups: int, members: np.ndarray) -> list[GroupSums]:
+    """:func:`group_sums` of several groupings (each (N,), -1 for none) of the ``members`` rows, in one pass over the embeddings."""
+    members = np.asarray(members, dtype=bool)
+    inside = [(np.asarray(g, dtype=np.int64) >= 0) & members for g in groupings]
+    keys = [np.where(ins, g, 0) for g, ins in zip(groupings, inside)]
+    sums = identity_sums_many(embeddings, keys, num_groups, [ins.astype(np.float32) for ins in inside])
+    return [GroupSums(s, np.bincount(k[ins], minlength=num_groups).astype(np.int64)) for s, k, ins in zip(sums, keys, inside)]
 
 
 def pooled_similarity(sa: np.ndarray, na: np.ndarray, sb: np.ndarray, nb: np.ndarray, *, chunk: int = CHUNK) -> np.ndarray:
@@ -150,10 +152,20 @@ def half_similarities(embeddings: np.ndarray, labels: np.ndarray, num_classes: i
 
     The same-person reference of the merge rule.
     """
+    return halves_similarity(*member_and_half_sums(embeddings, labels, num_classes, members, seed=seed)[1:], min_images=min_images)
+
+
+def member_and_half_sums(embeddings: np.ndarray, labels: np.ndarray, num_classes: int, members: np.ndarray, *,
+                         seed: int = 0) -> tuple[GroupSums, GroupSums, GroupSums]:
+    """Each identity's ``members`` (finite rows only) and its two random halves (:func:`random_halves`), summed in one pass."""
     half = random_halves(labels, members, seed)
     labels = np.asarray(labels, dtype=np.int64)
-    a = group_sums(embeddings, labels, num_classes, half == 0)
-    b = group_sums(embeddings, labels, num_classes, half == 1)
+    whole, a, b = group_sums_many(embeddings, [labels, np.where(half == 0, labels, -1), np.where(half == 1, labels, -1)], num_classes, members)
+    return whole, a, b
+
+
+def halves_similarity(a: GroupSums, b: GroupSums, *, min_images: int = MERGE_MIN_IMAGES) -> np.ndarray:
+    """``q`` between the two halves ``a`` and ``b`` of each identity: (C,), NaN unless both hold ``min_images`` or more."""
     q = pooled_similarity(a.sums, a.counts, b.sums, b.counts)
     return np.where((a.counts >= min_images) & (b.counts >= min_images), q, np.nan)
 
@@ -243,98 +255,7 @@ def calibrate_merges(nearest_q: np.ndarray, halves_q: np.ndarray, *, cut: float 
     return cal, score
 
 
-# -- split: two groups inside one identity -----------------------------------------------------------------
-def two_groups(embeddings: np.ndarray, labels: np.ndarray, num_classes: int, members: np.ndarray, *,
-               iterations: int = TWO_MEANS_ITERATIONS, chunk: int = CHUNK) -> np.ndarray:
-    """Spherical 2-means inside every identity at once: each member's group (0 or 1), -1 for non-members.
-
-    ``members`` (N,) bool must leave out the rows that are not finite.
-
-    Seeds, per identity: the member farthest from the identity's mean (group 1's seed) and
-    the member farthest from that one (group 0's); then ``iterations`` rounds of assigning
-    each member to the nearer group mean, stopping early once at most ``TWO_MEANS_TOLERANCE``
-    of the members change group.
-    Deterministic. The embeddings are read ``chunk``
-    rows at a time (one pass per round), never copied whole; besides the (N,) groups it
-    holds four (C, D) float32 arrays.
-    """
-    labels = np.asarray(labels, dtype=np.int64)
-    members = np.asarray(members, dtype=bool)
-    group = np.full(len(labels), -1, dtype=np.int64)
-    members_count = int(members.sum())
-    if not members_count:
-        return group
-    mean = unit_rows(identity_sums(embeddings, labels, num_classes, members.astype(np.float32)), dtype=np.float32)
-    seed1 = _farthest(embeddings, labels, members, mean, chunk)
-    del mean
-    c1 = _unit_rows_at(embeddings, seed1)
-    c0 = _unit_rows_at(embeddings, _farthest(embeddings, labels, members, c1, chunk))
-    for _ in range(max(1, iterations)):  # one pass a round: assign with the centres, sum the rows for the next ones
-        changed = 0
-        both = np.zeros((2 * num_classes, c0.shape[1]), dtype=np.float32)
-        arrays = {"embeddings": embeddings, "labels": labels, "members": members, "group": group, "c0": c0, "c1": c1}
-        spans = shards.blocks(len(labels), chunk)
-        for (lo, hi), (new, moved, present, partial) in zip(spans, shards.current().imap(_assign_block, spans, arrays)):
-            changed += moved
-            group[lo:hi] = new
-            both[present] += partial
-        if changed <= members_count * TWO_MEANS_TOLERANCE:  # converged, or nearly: the centres would hardly move
-            break
-        both = both.reshape(num_classes, 2, -1)
-        for g, centre in ((0, c0), (1, c1)):
-            norm = np.linalg.norm(both[:, g], axis=1)
-            filled = norm > 1e-6  # an emptied group keeps its centre
-            centre[filled] = both[filled, g] / norm[filled, None]
-        del both
-    return group
-
-
-def _assign_block(lo: int, hi: int, a: dict) -> tuple[np.ndarray, int, np.ndarray, np.ndarray]:
-    """One 2-means round on rows ``lo:hi``: their new groups, how many changed, and the sums of each (identity, group)."""
-    x = np.nan_to_num(unit_rows(np.asarray(a["embeddings"][lo:hi], dtype=np.float32), dtype=np.float32))
-    lab = np.asarray(a["labels"][lo:hi])
-    inside = np.asarray(a["members"][lo:hi])
-    nearer_1 = (np.einsum("nd,nd->n", x, np.asarray(a["c1"][lab])) > np.einsum("nd,nd->n", x, np.asarray(a["c0"][lab]))).astype(np.int64)
-    new = np.where(inside, nearer_1, -1)
-    present, partial = block_sums(2 * lab + nearer_1, x, inside.astype(np.float32), np.float32)
-    return new, int((new != np.asarray(a["group"][lo:hi])).sum()), present, partial
-
-
-def _farthest(embeddings: np.ndarray, labels: np.ndarray, members: np.ndarray, reference: np.ndarray, chunk: int) -> np.ndarray:
-    """Per label, the member row least similar to ``reference[label]`` (ties: the lowest row); -1 for a label without members."""
-    num_classes = len(reference)
-    best = np.full(num_classes, np.inf)
-    row = np.full(num_classes, -1, dtype=np.int64)
-    arrays = {"embeddings": embeddings, "labels": labels, "members": members, "reference": reference}
-    spans = shards.blocks(len(labels), chunk)
-    for (lo, _), (lab, value, first) in zip(spans, shards.current().imap(_farthest_block, spans, arrays)):
-        better = value < best[lab]  # strictly: an earlier chunk keeps a tie
-        best[lab[better]] = value[better]
-        row[lab[better]] = lo + first[better]
-    return row
-
-
-def _farthest_block(lo: int, hi: int, a: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per label present in rows ``lo:hi``: the label, the least similarity to its reference and that row (within the block)."""
-    x = unit_rows(np.asarray(a["embeddings"][lo:hi], dtype=np.float32), dtype=np.float32)
-    lab = np.asarray(a["labels"][lo:hi])
-    value = np.where(np.asarray(a["members"][lo:hi]), np.einsum("nd,nd->n", x, np.asarray(a["reference"][lab])), np.inf)
-    order = np.lexsort((np.arange(len(value)), value, lab))
-    first = order[np.r_[True, lab[order][1:] != lab[order][:-1]]]
-    first = first[np.isfinite(value[first])]
-    return lab[first], value[first], first
-
-
-def _unit_rows_at(embeddings: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """(C, D) float32: the unit embedding at ``rows[c]``, zeros where it is -1."""
-    out = np.zeros((len(rows), embeddings.shape[1]), dtype=np.float32)
-    have = np.flatnonzero(rows >= 0)
-    order = np.argsort(rows[have], kind="stable")
-    picked = np.asarray(embeddings[rows[have][order]], dtype=np.float32)
-    out[have[order]] = unit_rows(picked, dtype=np.float32)
-    return out
-
-
+# -- split: two groups inside one identity (found by :mod:`cleanface.purify.two_means`) ---------------------
 def split_similarities(embeddings: np.ndarray, labels: np.ndarray, num_classes: int, group: np.ndarray, *,
                        min_share: float = 0.3) -> tuple[np.ndarray, GroupSums, GroupSums]:
     """``q`` between each identity's two groups (C,) and the groups' sums.

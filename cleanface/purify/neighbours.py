@@ -98,9 +98,14 @@ def near_duplicates(embeddings: np.ndarray, finite: np.ndarray, dup_cos: float, 
 def pairs_from_neighbours(embeddings: np.ndarray, finite: np.ndarray, scores: np.ndarray, ids: np.ndarray, floor: float, dup_cos: float, *,
                           rescore: bool) -> tuple[np.ndarray, np.ndarray]:
     """The pairs (i < j) of each sample and its neighbours ``ids`` (N, k) scoring at least ``floor``; ``rescore``: scored again in float32, kept at ``dup_cos``."""
+    rows = np.repeat(np.arange(len(embeddings)), ids.shape[1])
+    return pairs_from_candidates(embeddings, finite, rows, ids.ravel(), scores.ravel(), floor, dup_cos, rescore=rescore)
+
+
+def pairs_from_candidates(embeddings: np.ndarray, finite: np.ndarray, rows: np.ndarray, cols: np.ndarray, sc: np.ndarray, floor: float,
+                          dup_cos: float, *, rescore: bool) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`pairs_from_neighbours` of candidate pairs ``(rows[i], cols[i])`` scoring ``sc[i]`` (-1 cols are no candidate)."""
     n = len(embeddings)
-    rows = np.repeat(np.arange(n), ids.shape[1])
-    cols, sc = ids.ravel(), scores.ravel()
     keep = (cols >= 0) & (cols != rows) & (sc >= floor)
     rows, cols, sc = rows[keep], cols[keep], sc[keep]
     keep = finite[rows] & finite[cols]

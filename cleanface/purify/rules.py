@@ -35,8 +35,8 @@ from cleanface.purify.codes import (
     R_ANGLE, R_CLOSER, R_DUPLICATE, R_MERGED, R_NOISE_SCORE, R_NON_DOMINANT, R_NON_FINITE, R_NONE, R_OUTLIER_GROUP, R_SPLIT,
 )
 from cleanface.purify.identities import (
-    MERGE_MIN_IMAGES, GroupSums, calibrate_merges, calibrate_splits, group_sums, half_similarities, nearest_identities, random_pair_similarities,
-    merge_similarity, similarity_angle, split_similarities, two_groups,
+    MERGE_MIN_IMAGES, GroupSums, calibrate_merges, calibrate_splits, group_sums, halves_similarity, member_and_half_sums, merge_similarity,
+    nearest_identities, random_pair_similarities, similarity_angle,
 )
 from cleanface.purify.naming import unique_name
 from cleanface.purify.neighbours import (
@@ -45,6 +45,7 @@ from cleanface.purify.neighbours import (
 from cleanface.purify.outliers import components, outlier_groups
 from cleanface.purify.settings import PurifySettings
 from cleanface.purify.signals import impostor_angles, loo_mean_angle
+from cleanface.purify.two_means import filled_similarity, two_means
 
 
 SPLIT_FACES = 12  # first indices of each group a split reports (for the report's faces)
@@ -295,9 +296,10 @@ def apply_calibrated_merge(state: DecisionState, settings: PurifySettings) -> No
     back to :func:`apply_angle_merge` and says so.
     """
     members = (state.action == KEEP) & state.finite
-    sums = identity_sums_of(state, members)
+    sums, half_a, half_b = member_and_half_sums(state.embeddings, state.labels, state.num_classes, members, seed=settings.seed)  # one pass
+    halves = halves_similarity(half_a, half_b)
+    del half_a, half_b
     nearest, q = nearest_identities(sums, exact_below=settings.exact_below, seed=settings.seed, silent=state.silent)
-    halves = half_similarities(state.embeddings, state.labels, state.num_classes, members, seed=settings.seed)
     cal, score = calibrate_merges(q, halves, cut=settings.merge_cut)
     if cal is None:
         _fall_back(state, settings, "merge", apply_angle_merge, f"too few identities with two halves of {MERGE_MIN_IMAGES} kept images "
@@ -392,9 +394,9 @@ def apply_calibrated_split(state: DecisionState, settings: PurifySettings) -> No
     :func:`apply_angle_split` and says so.
     """
     members = np.isin(state.action, (KEEP, MERGE)) & state.finite
-    group = two_groups(state.embeddings, state.labels, state.num_classes, members)
-    q, g0, g1 = split_similarities(state.embeddings, state.labels, state.num_classes, group, min_share=settings.split_min_share)
-    reference = random_pair_similarities(identity_sums_of(state, members), seed=settings.seed)
+    two = two_means(state.embeddings, state.labels, state.num_classes, members)  # one pass: groups, their similarity, the member sums
+    group, q = two.group, filled_similarity(two, settings.split_min_share)
+    reference = random_pair_similarities(GroupSums(two.member_sums, two.sizes.sum(axis=1)), seed=settings.seed)
     cal, score = calibrate_splits(q, reference, cut=settings.split_cut)
     if cal is None:
         _fall_back(state, settings, "split", apply_angle_split, "too few identities with two well-filled groups to calibrate; "
@@ -408,7 +410,7 @@ def apply_calibrated_split(state: DecisionState, settings: PurifySettings) -> No
         rows = [np.flatnonzero((state.labels == c) & (group == g)) for g in (0, 1)]
         moving = 1 if len(rows[1]) <= len(rows[0]) else 0
         mark_split_groups(state, rows[1 - moving], rows[moving])
-        entry = {"label": int(c), "sizes": [int(g0.counts[c]), int(g1.counts[c])], "similarity": round(float(q[c]), 4),
+        entry = {"label": int(c), "sizes": [int(two.sizes[c, 0]), int(two.sizes[c, 1])], "similarity": round(float(q[c]), 4),
                  "angle": round(float(similarity_angle(q[c])), 4), "score": round(float(score[c]), 4),
                  "groups": [r[:SPLIT_FACES].tolist() for r in rows], "applied": bool(settings.split)}
         if settings.split:
@@ -499,10 +501,10 @@ def apply_dedup(state: DecisionState, settings: PurifySettings) -> None:
     """
     n = state.n
     factory, params = _faiss.choose_factory(n, exact_below=settings.exact_below, nprobe=DUP_NPROBE, storage=SAMPLE_STORAGE)
-    if n >= 2 and getattr(shards.current(), "distributed", False) and factory.endswith(_faiss.FP16_CODEC):
-        from cleanface.purify.sharded_search import sharded_near_duplicates  # no process holds the index of all samples
+    if n >= 2 and factory.endswith(_faiss.FP16_CODEC):  # cell by cell from the embeddings: no process holds the index of all samples
+        from cleanface.purify.sharded_search import sharded_near_duplicates
 
-        state.faiss["samples"] = f"{factory} {params}".strip()  # the index of one machine, its lists held by the workers
+        state.faiss["samples"] = f"{factory} {params}".strip()  # the cells of that index, scored by the runner
         state.duplicate_pairs, state.duplicate_cos = sharded_near_duplicates(state.embeddings, state.finite, settings.dup_cos, factory, params,
                                                                              settings.seed)
     elif n >= 2:

@@ -1,17 +1,25 @@
-"""The near-duplicate search with its inverted lists spread over the workers of a cluster.
+"""The near-duplicate search cell by cell, from the memory-mapped embeddings, on any runner.
 
-On one machine the near-duplicate rule builds one IVF index of every sample (float16 lists,
-10 GB at 10M images of 512-d) and searches it with the samples themselves
-(:func:`cleanface.purify.neighbours.near_duplicates`). On a cluster no process holds
-that index: the process that decides trains the same coarse quantizer (same sample of rows,
-same seed), finds each sample's ``nprobe`` nearest cells as a pass of the runner, and sends
-groups of cells to the workers. A worker builds the lists of its cells from the
-memory-mapped embeddings (the unit rows stored as float16, as the index stores them),
-scores every sample that probes those cells against them (one matrix product per cell,
-the best ``k`` per sample and cell) and returns those slots; the slots of all cells are
-merged exactly as the one-machine search merges them. So the candidates, and after the
-float32 re-scoring the pairs and their cosines, are those of the one-machine search
-(``tests/purify/test_shards.py`` compares them).
+Purify's near-duplicate rule asks for every pair of images at cosine >= ``dup_cos`` among
+the IVF cells each image probes (:func:`cleanface.purify.neighbours.near_duplicates`, whose
+candidates these are). No process builds the index of all samples (10 GB of float16 lists at
+10M images of 512-d): the process that decides trains the coarse quantizer
+(:func:`cleanface.purify._faiss.train_quantizer`, same rows, same seed), finds each sample's
+``nprobe`` nearest cells as a pass of the runner, and hands groups of cells to the runner
+(:mod:`cleanface.purify.shards`: threads of this process, or the workers of a cluster). A
+block reads the members of its cells and the samples probing them from the memory-mapped
+embeddings, as the index would store them (unit rows rounded to float16), and returns each
+probing sample's pairs scoring at least the float16 floor; the pairs of all cells are ranked
+per sample, its best ``k`` kept, and re-scored in float32.
+
+Most of the work of a cell used to be its full matrix of inner products, nearly all of them far
+below the floor. A cell is now scored first in a ``BOUND_DIMENSIONS``-dimensional projection
+(the leading directions of a sample of the embeddings, :func:`projection_basis`): for unit
+rows ``x``, ``y`` and an orthonormal basis ``B``, ``x . y = xB . yB + r_x . r_y <= xB . yB +
+|r_x| |r_y|`` with ``r`` the part outside the basis, so a pair whose bound is below the floor
+cannot reach it and is skipped exactly; only the pairs above it are scored in full. The
+candidates, and so the pairs and their cosines, are those of the full product
+(``tests/purify/test_shards.py`` and ``tests/purify/test_duplicates.py`` compare them).
 """
 
 from __future__ import annotations
@@ -22,9 +30,12 @@ import faiss
 import numpy as np
 
 from cleanface.purify import _faiss, shards
-from cleanface.purify.neighbours import DUP_NEIGHBOURS, pairs_from_neighbours
+from cleanface.purify.neighbours import DUP_NEIGHBOURS, pairs_from_candidates
 
-CELL_GROUP_WORK = 2e9  # multiply-adds of the cell scoring per task (about a second of one core)
+CELL_GROUP_WORK = 2e9 / 8  # multiply-adds of the bound products per task (a second or so of one core, the full products of the pairs above included)
+BOUND_DIMENSIONS = 64  # of the projection that bounds a cell's inner products (module docstring)
+BOUND_SLACK = 1e-4  # below the floor, for the float32 rounding of the bound (about 1e-6)
+BASIS_SAMPLE = 20_000  # rows whose leading directions make the projection
 
 
 def trained_centroids(embeddings: np.ndarray, factory: str, params: str, seed: int) -> tuple[np.ndarray, int]:
@@ -49,9 +60,36 @@ def _stored(embeddings: np.ndarray, rows: np.ndarray) -> np.ndarray:
     return out
 
 
-def _cells_block(lo: int, hi: int, a: dict, k: int, nprobe: int, floor: float) -> tuple[np.ndarray, ...]:
-    """Score the cells ``a["cells"][lo:hi]``: the best ``k`` members of each cell for every sample probing it, as slots."""
-    out_rows, out_cols, out_scores, out_ids = [], [], [], []
+def projection_basis(embeddings: np.ndarray, seed: int, dims: int = 0) -> np.ndarray:
+    """(D, dims) orthonormal columns: the leading right singular vectors of a seeded sample of the stored rows.
+
+    ``dims`` 0 means ``BOUND_DIMENSIONS`` (at most D). The bound of the module docstring holds
+    for any orthonormal basis; the leading directions make it tight.
+    """
+    n, d = embeddings.shape
+    dims = min(d, dims or BOUND_DIMENSIONS)
+    rows = np.sort(np.random.default_rng(seed).choice(n, size=min(n, BASIS_SAMPLE), replace=False))
+    sample = _stored(embeddings, rows)
+    sample = sample[np.isfinite(sample).all(axis=1)]
+    basis = np.linalg.svd(sample.astype(np.float64), full_matrices=False)[2][:dims].T if len(sample) else np.eye(d)[:, :dims]
+    return np.ascontiguousarray(basis, dtype=np.float32)
+
+
+def bound_rows(x: np.ndarray, basis: np.ndarray) -> np.ndarray:
+    """(B, dims + 1): each row's coordinates in ``basis`` and the norm of what lies outside it (so that a product of two such rows bounds ``x . y``)."""
+    inside = x @ basis
+    outside = np.sqrt(np.maximum(np.einsum("ij,ij->i", x, x) - np.einsum("ij,ij->i", inside, inside), 0.0))
+    return np.concatenate([inside, outside[:, None]], axis=1)
+
+
+def _cells_block(lo: int, hi: int, a: dict, nprobe: int, floor: float) -> tuple[np.ndarray, ...]:
+    """Score the cells ``a["cells"][lo:hi]``: every (sample, member) pair of each cell scoring at least ``floor``.
+
+    Returns ``(rows, ranks, scores, ids)``: the probing sample, the rank of the cell among its
+    probes, the float16-stored inner product and the member; the sample itself included.
+    """
+    basis = np.asarray(a["basis"])
+    out = []
     for c, start, stop in np.asarray(a["cells"][lo:hi]):
         entries = np.asarray(a["order"][start:stop])  # (row, probe rank) of every sample probing cell c, by row
         rows, ranks = entries // nprobe, entries % nprobe
@@ -60,20 +98,22 @@ def _cells_block(lo: int, hi: int, a: dict, k: int, nprobe: int, floor: float) -
             continue
         vectors = _stored(a["embeddings"], members)
         queries = _stored(a["embeddings"], rows)
-        gram = queries @ vectors.T
-        hit = gram.max(axis=1) >= floor
-        if not hit.any():
-            continue
-        gram, rows, ranks = gram[hit], rows[hit], ranks[hit]
-        kk = min(k, len(members))
-        top = _faiss.top_columns(gram, kk, ordered=False)
-        out_rows.append(np.repeat(rows, kk))
-        out_cols.append((ranks[:, None] * k + np.arange(kk)).ravel())
-        out_scores.append(np.take_along_axis(gram, top, axis=1).ravel())
-        out_ids.append(members[top].ravel())
-    if not out_rows:
+        q, m = np.nonzero(bound_rows(queries, basis) @ bound_rows(vectors, basis).T >= floor - BOUND_SLACK)
+        score = np.einsum("ij,ij->i", queries[q], vectors[m])
+        keep = score >= floor
+        out.append((rows[q[keep]], ranks[q[keep]], score[keep], members[m[keep]]))
+    if not out:
         return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32), np.zeros(0, np.int64)
-    return np.concatenate(out_rows), np.concatenate(out_cols), np.concatenate(out_scores), np.concatenate(out_ids)
+    return tuple(np.concatenate(parts) for parts in zip(*out))
+
+
+def best_candidates(rows: np.ndarray, ranks: np.ndarray, scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each sample's ``k`` best candidates, by score (ties: nearer probe, then lower id): ``(rows, ids, scores)``."""
+    order = np.lexsort((ids, ranks, -scores, rows))
+    rows, ids, scores = rows[order], ids[order], scores[order]
+    place = np.arange(len(rows)) - np.searchsorted(rows, rows)  # 0 for each sample's best
+    keep = place < k
+    return rows[keep], ids[keep], scores[keep]
 
 
 def cell_tasks(cells: np.ndarray, starts: np.ndarray, stops: np.ndarray, members: np.ndarray, dim: int) -> list[np.ndarray]:
@@ -91,7 +131,7 @@ def cell_tasks(cells: np.ndarray, starts: np.ndarray, stops: np.ndarray, members
 
 def sharded_near_duplicates(embeddings: np.ndarray, finite: np.ndarray, dup_cos: float, factory: str, params: str, seed: int,
                             ) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`cleanface.purify.neighbours.near_duplicates` of an IVF float16 index, its lists built and scored on the runner's workers."""
+    """:func:`cleanface.purify.neighbours.near_duplicates` of an IVF float16 index, cell by cell on the runner in effect (module docstring)."""
     n, d = embeddings.shape
     runner = shards.current()
     centroids, nprobe = trained_centroids(embeddings, factory, params, seed)
@@ -99,24 +139,20 @@ def sharded_near_duplicates(embeddings: np.ndarray, finite: np.ndarray, dup_cos:
                                              {"embeddings": embeddings, "centroids": centroids}, nprobe=nprobe)))
     flat = probes.ravel()
     order = np.argsort(flat, kind="stable")  # by cell, then row, then probe rank
-    cells, starts, counts = np.unique(flat[order], return_index=True, return_counts=True)
+    del flat
+    cells, starts, counts = np.unique(probes.ravel()[order], return_index=True, return_counts=True)
     members = np.bincount(probes[:, 0], minlength=len(centroids))[cells]
-    k = max(1, min(DUP_NEIGHBOURS + 1, n))
+    del probes
     floor = dup_cos - _faiss.FP16_COS_ERROR
-    slot_scores = np.full((n, nprobe * k), -np.inf, dtype=np.float32)
-    slot_ids = np.full((n, nprobe * k), -1, dtype=np.int64)
-    groups = cell_tasks(cells, starts, starts + counts, members, d)
+    groups = cell_tasks(cells, starts, starts + counts, members, BOUND_DIMENSIONS + 1)
     table = np.concatenate(groups) if groups else np.zeros((0, 3), np.int64)
     spans = np.cumsum([0] + [len(g) for g in groups])
-    arrays = {"embeddings": embeddings, "order": order, "cells": table}
-    for rows, cols, scores, ids in runner.imap(_cells_block, list(zip(spans[:-1], spans[1:])), arrays, k=k, nprobe=nprobe, floor=floor):
-        slot_scores[rows, cols] = scores
-        slot_ids[rows, cols] = ids
-    pick = np.argsort(-slot_scores, axis=1, kind="stable")[:, :k]
-    scores, ids = np.take_along_axis(slot_scores, pick, axis=1), np.take_along_axis(slot_ids, pick, axis=1)
-    low = ~(scores >= floor)
-    scores[low], ids[low] = -np.inf, -1
-    return pairs_from_neighbours(embeddings, finite, scores, ids, floor, dup_cos, rescore=True)
+    arrays = {"embeddings": embeddings, "order": order, "cells": table, "basis": projection_basis(embeddings, seed)}
+    found = list(runner.imap(_cells_block, list(zip(spans[:-1], spans[1:])), arrays, nprobe=nprobe, floor=floor))
+    del order
+    rows, ranks, scores, ids = (np.concatenate(parts) for parts in zip(*found)) if found else (np.zeros(0, np.int64),) * 4
+    rows, ids, scores = best_candidates(rows, ranks, scores.astype(np.float32), ids, max(1, min(DUP_NEIGHBOURS + 1, n)))
+    return pairs_from_candidates(embeddings, finite, rows, ids, scores, floor, dup_cos, rescore=True)
 
 
 _INDEXES: dict[str, _faiss.BuiltIndex] = {}

@@ -23,7 +23,7 @@ import numpy as np
 from scipy.sparse import csr_matrix
 
 from cleanface.purify import shards
-from cleanface.purify.analysis import cos_to_degrees, unit_rows
+from cleanface.purify.analysis import cos_to_degrees, finite_values, unit_rows
 
 CHUNK = 65_536
 IMPOSTOR_SAMPLE = 200_000  # images whose impostor angles are measured, at most
@@ -43,19 +43,31 @@ def identity_sums(embeddings: np.ndarray, labels: np.ndarray, num_classes: int, 
     Rows that are not finite count with weight 0. Each block's sums (:func:`block_sums`,
     on the runner in effect, :mod:`cleanface.purify.shards`) are added in block order.
     """
-    labels = np.asarray(labels, dtype=np.int64)
-    sums = np.zeros((num_classes, embeddings.shape[1]), dtype=np.float32)
-    arrays = {"embeddings": embeddings, "labels": labels, **({} if weights is None else {"weights": weights})}
-    for present, partial in shards.current().imap(_sums_block, shards.blocks(len(labels), chunk), arrays):
-        sums[present] += partial
+    return identity_sums_many(embeddings, [labels], num_classes, [weights], chunk=chunk)[0]
+
+
+def identity_sums_many(embeddings: np.ndarray, labels: list[np.ndarray], num_classes: int, weights: list[np.ndarray | None], *,
+                       chunk: int = CHUNK) -> list[np.ndarray]:
+    """:func:`identity_sums` for several labellings and weights of the same rows, in one pass (the same numbers as one pass each)."""
+    labels = [np.asarray(lab, dtype=np.int64) for lab in labels]
+    sums = [np.zeros((num_classes, embeddings.shape[1]), dtype=np.float32) for _ in labels]
+    arrays = {"embeddings": embeddings, **{f"labels{i}": lab for i, lab in enumerate(labels)},
+              **{f"weights{i}": w for i, w in enumerate(weights) if w is not None}}
+    for parts in shards.current().imap(_sums_block, shards.blocks(len(embeddings), chunk), arrays, count=len(labels)):
+        for total, (present, partial) in zip(sums, parts):
+            total[present] += partial
     return sums
 
 
-def _sums_block(lo: int, hi: int, a: dict) -> tuple[np.ndarray, np.ndarray]:
+def _sums_block(lo: int, hi: int, a: dict, *, count: int) -> list[tuple[np.ndarray, np.ndarray]]:
     x = _unit(a["embeddings"][lo:hi])
-    w = np.ones(len(x), np.float32) if "weights" not in a else np.asarray(a["weights"][lo:hi], dtype=np.float32)
-    w = np.where(np.isfinite(x).all(axis=1), w, 0.0).astype(np.float32)
-    return block_sums(np.asarray(a["labels"][lo:hi]), np.nan_to_num(x), w, np.float32)
+    finite = np.isfinite(x).all(axis=1)
+    x = finite_values(x)
+    out = []
+    for i in range(count):
+        w = np.ones(len(x), np.float32) if f"weights{i}" not in a else np.asarray(a[f"weights{i}"][lo:hi], dtype=np.float32)
+        out.append(block_sums(np.asarray(a[f"labels{i}"][lo:hi]), x, np.where(finite, w, 0.0).astype(np.float32), np.float32))
+    return out
 
 
 def block_sums(keys: np.ndarray, rows: np.ndarray, weights: np.ndarray, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
@@ -90,9 +102,10 @@ def _loo_block(lo: int, hi: int, a: dict) -> np.ndarray:
     x = _unit(a["embeddings"][lo:hi])
     w = np.ones(len(x), np.float32) if "weights" not in a else np.asarray(a["weights"][lo:hi], dtype=np.float32)
     finite = np.isfinite(x).all(axis=1)
-    rest = np.asarray(a["sums"][np.asarray(a["labels"][lo:hi])]) - np.nan_to_num(x) * np.where(finite, w, 0.0)[:, None]
+    xf = finite_values(x)
+    rest = np.asarray(a["sums"][np.asarray(a["labels"][lo:hi])]) - xf * np.where(finite, w, 0.0)[:, None]
     norm = np.linalg.norm(rest, axis=1)
-    cos = np.einsum("nd,nd->n", np.nan_to_num(x), rest) / np.where(norm > 0, norm, 1.0)
+    cos = np.einsum("nd,nd->n", xf, rest) / np.where(norm > 0, norm, 1.0)
     ok = finite & (norm > 1e-6)
     return np.where(ok, cos_to_degrees(cos), np.nan).astype(np.float32)
 

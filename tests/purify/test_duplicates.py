@@ -188,3 +188,37 @@ def test_self_search_over_float16_lists_in_several_passes(monkeypatch):
     np.testing.assert_allclose(again[0], s16, atol=1e-6)  # the same products, blocked differently by BLAS
     with pytest.raises(ValueError, match="storage"):
         _faiss.build_index(x, storage="int8")
+
+
+@pytest.mark.parametrize("dims", [0, 4])
+def test_bounded_cell_search_equals_the_float16_index_search(dims, monkeypatch):
+    """The cells scored through the projection bound find the pairs and cosines of the full products of a float16 IVF index."""
+    from cleanface.purify import sharded_search
+
+    rng = np.random.default_rng(4)
+    base = unit(rng.standard_normal((3000, 48)) + 2.0 * unit(rng.standard_normal(48)))  # a cone, as face embeddings are
+    near = [unit(base[i] + rng.uniform(0.02, 0.21) * unit(rng.standard_normal(48))) for i in rng.choice(3000, 80, replace=False)]
+    x = np.concatenate([base, near, base[:5]]).astype(np.float16)  # slightly moved copies, some near the threshold, and exact copies
+    x[11] = np.nan
+    finite = np.isfinite(x.astype(np.float32)).all(axis=1)
+    factory, params = _faiss.choose_factory(len(x), exact_below=1000, nprobe=DUP_NPROBE, storage="float16")
+    built = _faiss.build_index(x, exact_below=1000, nprobe=DUP_NPROBE, seed=0, storage="float16")
+    want_pairs, want_cos = near_duplicates(x, finite, DUP_COS, built)
+    if dims:  # a poor basis (4 of 48 directions): the bound is loose, the answer the same
+        monkeypatch.setattr(sharded_search, "BOUND_DIMENSIONS", dims)
+    got_pairs, got_cos = sharded_search.sharded_near_duplicates(x, finite, DUP_COS, factory, params, 0)
+    assert len(want_pairs) >= 40
+    np.testing.assert_array_equal(got_pairs, want_pairs)
+    np.testing.assert_array_equal(got_cos, want_cos)
+
+
+def test_the_projection_bound_holds():
+    from cleanface.purify.sharded_search import bound_rows, projection_basis
+
+    rng = np.random.default_rng(5)
+    x = unit(rng.standard_normal((500, 32)) + unit(rng.standard_normal(32))).astype(np.float32)
+    basis = projection_basis(x, seed=0, dims=6)
+    np.testing.assert_allclose(basis.T @ basis, np.eye(6), atol=1e-5)
+    bound = bound_rows(x, basis) @ bound_rows(x, basis).T
+    assert (bound >= x @ x.T - 1e-5).all()
+    assert np.allclose(np.diag(bound), 1.0, atol=1e-5)  # tight for a row with itself

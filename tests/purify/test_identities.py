@@ -8,8 +8,9 @@ import pytest
 from cleanface.purify.decisions import decide
 from cleanface.purify.identities import (
     calibrate_merges, calibrate_splits, group_sums, half_similarities, nearest_identities, pooled_similarity, random_halves,
-    random_pair_similarities, split_similarities, two_groups,
+    random_pair_similarities, split_similarities,
 )
+from cleanface.purify.two_means import two_groups
 from cleanface.purify.settings import PurifySettings
 from tests.purify.conftest import axis, toward
 
