@@ -179,6 +179,16 @@ def _peak_rss_mb() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
+def _worker_cpu() -> float:
+    """This process's CPU seconds so far (run on every Dask worker)."""
+    return round(cpu_seconds(), 2)
+
+
+def worker_cpu(runner) -> dict[str, float]:
+    """CPU seconds of each worker of a Dask runner, by address (empty for the local runner)."""
+    return dict(runner.client.run(_worker_cpu)) if runner is not None and hasattr(runner, "client") else {}
+
+
 def run_size(n: int, workdir: Path, settings: PurifySettings, centers_dtype: type = np.float32, runner=None, keep: bool = False) -> dict:
     t0 = time.perf_counter()
     emb, labels, centers, truth = (load_or_make(n, workdir / f"scale{n}", centers_dtype) if keep else
@@ -188,11 +198,12 @@ def run_size(n: int, workdir: Path, settings: PurifySettings, centers_dtype: typ
     load_before = os.getloadavg()
     with StageMemory() as mem:
         mem.mark("setup")
-        cpu0 = cpu_seconds()
+        cpu0, workers0 = cpu_seconds(), worker_cpu(runner)
         t0 = time.perf_counter()
         d = decide(emb, labels, centers, settings, silent=True, stage_hook=mem.mark, runner=runner)
         total = time.perf_counter() - t0
         cpu = cpu_seconds() - cpu0
+        workers_cpu = sorted(round(spent - workers0.get(address, 0.0), 2) for address, spent in worker_cpu(runner).items())
         mem.mark("end")
     stages = {name: {"seconds": d.timings.get(name, mem.seconds.get(name)), "peak_rss_mb": round(mem.peaks.get(name, 0.0), 1),
                      "peak_anon_mb": round(mem.anon_peaks.get(name, 0.0), 1)} for name in d.timings}
@@ -206,7 +217,8 @@ def run_size(n: int, workdir: Path, settings: PurifySettings, centers_dtype: typ
         "duplicate_pairs": int(len(d.duplicate_pairs)), "advised_threshold": d.advice["threshold"], "truth": truth,
         "decisions_sha256": decisions_digest(d),
         "runner": runner.describe() if runner is not None else {"runner": "local"},
-        **({"worker_peak_rss_mb": sorted(runner.client.run(_peak_rss_mb).values())} if runner is not None and hasattr(runner, "client") else {}),
+        **({"worker_peak_rss_mb": sorted(runner.client.run(_peak_rss_mb).values()), "worker_cpu_seconds": workers_cpu}
+           if runner is not None and hasattr(runner, "client") else {}),
     }
 
 
@@ -242,7 +254,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"           actions {result['actions']}  faiss {result['faiss']}", flush=True)
             print(f"           decisions sha256 {result['decisions_sha256']}", flush=True)
             if "worker_peak_rss_mb" in result:
-                print(f"           worker peak RSS {result['worker_peak_rss_mb']} MB", flush=True)
+                print(f"           worker peak RSS {result['worker_peak_rss_mb']} MB, CPU {result['worker_cpu_seconds']} s", flush=True)
             if not args.keep:
                 (Path(tmp) / "embeddings.npy").unlink()
                 (Path(tmp) / "truth.npz").unlink()

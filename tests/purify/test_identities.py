@@ -7,8 +7,8 @@ import pytest
 
 from cleanface.purify.decisions import decide
 from cleanface.purify.identities import (
-    calibrate_merges, calibrate_splits, group_sums, half_similarities, nearest_identities, pooled_similarity, random_halves,
-    random_pair_similarities, split_similarities,
+    calibrate_merges, calibrate_splits, group_sums, half_similarities, member_and_half_sums, nearest_identities, pooled_similarity,
+    random_halves, random_pair_similarities, split_similarities,
 )
 from cleanface.purify.two_means import two_groups
 from cleanface.purify.settings import PurifySettings
@@ -155,3 +155,18 @@ def test_a_model_trained_on_the_labels_proposes_merges_but_never_merges():
     assert d.action_counts()["merge"] == 0 and d.identity_calibration["merge"]["auto_merge"] is False
     assert "trained on these labels" in d.identity_calibration["merge"]["auto_merge_reason"]
     assert decide(emb, labels, centers, names=names).identity_calibration["merge"]["auto_merge"] is True
+
+
+def test_members_and_halves_summed_in_one_pass_equal_three_passes():
+    rng = np.random.default_rng(8)
+    labels = np.sort(rng.integers(0, 400, 150_000))  # more rows than one block of the sums
+    x = rng.normal(size=(len(labels), 16)).astype(np.float16)
+    members = rng.random(len(labels)) < 0.8
+    whole, a, b = member_and_half_sums(x, labels, 400, members, seed=3)
+    half = random_halves(labels, members, 3)
+    for got, rows in ((whole, members), (a, half == 0), (b, half == 1)):
+        want = group_sums(x, labels, 400, rows)
+        np.testing.assert_array_equal(got.sums, want.sums)  # bit for bit: the same blocks, summed in the same order
+        np.testing.assert_array_equal(got.counts, want.counts)
+    np.testing.assert_array_equal(half_similarities(x, labels, 400, members, seed=3),
+                                  np.where((a.counts >= 3) & (b.counts >= 3), pooled_similarity(a.sums, a.counts, b.sums, b.counts), np.nan))
