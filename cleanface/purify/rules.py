@@ -35,7 +35,7 @@ from cleanface.purify.codes import (
     R_ANGLE, R_CLOSER, R_DUPLICATE, R_MERGED, R_NOISE_SCORE, R_NON_DOMINANT, R_NON_FINITE, R_NONE, R_OUTLIER_GROUP, R_SPLIT,
 )
 from cleanface.purify.identities import (
-    MERGE_MIN_IMAGES, GroupSums, calibrate_merges, calibrate_splits, group_sums, halves_similarity, member_and_half_sums, merge_similarity,
+    MERGE_MIN_IMAGES, GroupSums, calibrate_merges, calibrate_splits, halves_similarity, member_and_half_sums, merge_similarity,
     nearest_identities, random_pair_similarities, similarity_angle,
 )
 from cleanface.purify.naming import unique_name
@@ -624,11 +624,6 @@ def split_candidates(votes: np.ndarray, centers: np.ndarray, split_angle: float,
             out.append({"label": int(c), "subcenters": [int(first[c]), int(second[c])],
                         "shares": [round(float(s1[c]), 4), round(float(s2[c]), 4)], "angle": round(ang, 4)})
     return out
-
-
-def identity_sums_of(state: DecisionState, members: np.ndarray) -> GroupSums:
-    """Sums of the unit embeddings of each identity's ``members`` (N,) bool, and their counts."""
-    return group_sums(state.embeddings, state.labels, state.num_classes, members)
 
 
 def calibrated_merge_groups(
